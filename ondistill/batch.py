@@ -1,0 +1,84 @@
+"""The one batch schema that flows between stages, as TensorDict keys.
+
+Layout (B sequences, P prompt slots, R response slots, H hidden size):
+  prompt_ids       [B, P] int64, LEFT-padded with the pad id
+  prompt_mask      [B, P] bool, True on real prompt tokens
+  response_ids     [B, R] int64, RIGHT-padded
+  response_mask    [B, R] bool, True on response tokens that count in the loss
+  rollout_logprobs [B, R] float32, log-prob of each response token under the rollout engine
+  teacher_hidden   [B, R, H] teacher's final hidden state (post final norm) at the position
+                   that PREDICTS response token r, i.e. sequence position P + r - 1
+  prompt_index     [B] int64, which prompt of the step a row came from (N samples share one)
+
+Each stage boundary calls `check(td, STAGE_KEYS[stage], stage)` so a missing or malformed key
+fails with its name instead of as a shape error three calls later.
+"""
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+
+PROMPT_IDS = "prompt_ids"
+PROMPT_MASK = "prompt_mask"
+RESPONSE_IDS = "response_ids"
+RESPONSE_MASK = "response_mask"
+ROLLOUT_LOGPROBS = "rollout_logprobs"
+TEACHER_HIDDEN = "teacher_hidden"
+PROMPT_INDEX = "prompt_index"
+
+_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
+    PROMPT_IDS: (torch.int64,),
+    PROMPT_MASK: (torch.bool,),
+    RESPONSE_IDS: (torch.int64,),
+    RESPONSE_MASK: (torch.bool,),
+    ROLLOUT_LOGPROBS: (torch.float32,),
+    TEACHER_HIDDEN: (torch.float32, torch.bfloat16, torch.float16),
+    PROMPT_INDEX: (torch.int64,),
+}
+_NDIM = {PROMPT_IDS: 2, PROMPT_MASK: 2, RESPONSE_IDS: 2, RESPONSE_MASK: 2,
+         ROLLOUT_LOGPROBS: 2, TEACHER_HIDDEN: 3, PROMPT_INDEX: 1}
+
+PROMPTS = (PROMPT_IDS, PROMPT_MASK, PROMPT_INDEX)
+ROLLOUT = PROMPTS + (RESPONSE_IDS, RESPONSE_MASK, ROLLOUT_LOGPROBS)
+SCORED = ROLLOUT + (TEACHER_HIDDEN,)
+
+
+class BatchError(ValueError):
+    pass
+
+
+def check(td: TensorDict, keys: tuple[str, ...], stage: str) -> TensorDict:
+    """Raise BatchError naming the first missing or malformed key; return td unchanged."""
+    for key in keys:
+        if key not in td.keys():
+            raise BatchError(f"{stage}: batch has no '{key}' (has {sorted(td.keys())}); "
+                             f"the previous stage must produce it.")
+        t = td.get(key)
+        if t.dtype not in _DTYPES[key] or t.ndim != _NDIM[key]:
+            raise BatchError(f"{stage}: batch key '{key}' is {t.dtype} with {t.ndim} dims; "
+                             f"expected one of {_DTYPES[key]} with {_NDIM[key]} dims.")
+    if RESPONSE_IDS in keys and td[RESPONSE_IDS].shape != td[RESPONSE_MASK].shape:
+        raise BatchError(f"{stage}: '{RESPONSE_IDS}' {tuple(td[RESPONSE_IDS].shape)} and "
+                         f"'{RESPONSE_MASK}' {tuple(td[RESPONSE_MASK].shape)} differ in shape.")
+    if TEACHER_HIDDEN in keys and td[TEACHER_HIDDEN].shape[:2] != td[RESPONSE_IDS].shape:
+        raise BatchError(f"{stage}: '{TEACHER_HIDDEN}' covers {tuple(td[TEACHER_HIDDEN].shape[:2])}"
+                         f" positions but the responses are {tuple(td[RESPONSE_IDS].shape)}.")
+    return td
+
+
+def full_sequence(td: TensorDict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids [B, P+R], attention_mask [B, P+R], position_ids [B, P+R]) for a forward pass.
+
+    Prompts are left-padded, so position ids come from the mask, not from arange.
+    """
+    ids = torch.cat([td[PROMPT_IDS], td[RESPONSE_IDS]], dim=1)
+    mask = torch.cat([td[PROMPT_MASK], td[RESPONSE_MASK]], dim=1).long()
+    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+def response_positions(td: TensorDict) -> slice:
+    """Slice of the full sequence whose hidden states predict the response tokens."""
+    p = td[PROMPT_IDS].shape[1]
+    r = td[RESPONSE_IDS].shape[1]
+    return slice(p - 1, p + r - 1)

@@ -1,0 +1,176 @@
+"""Typed configuration: the one source of defaults, registered in Hydra's ConfigStore.
+
+Each worker receives only its own section (e.g. `RolloutConfig`), never the whole tree.
+`validate()` runs at the entry point, before any model is loaded, and raises ConfigError
+with one sentence naming the key, the bad value and what to write instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+BUILTIN_TEACHER = "builtin:smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    teacher: str = BUILTIN_TEACHER  # HF model directory, or a builtin: name
+    student: str = BUILTIN_TEACHER  # HF model directory, or a builtin: name
+    # Build the student from `student` by keeping only these decoder layers; empty keeps all.
+    student_keep_layers: list[int] = field(default_factory=lambda: [0, 6, 12, 18, 24, 29])
+    cache_dir: str = "~/.cache/ondistill"  # converted checkpoints land here
+
+
+@dataclass
+class DataConfig:
+    prompts: str = "builtin"  # a JSONL file of {"prompt": str, "response"?: str} rows
+    eval_size: int = 32  # held-out prompts, taken from the end of the file
+    max_prompt_tokens: int = 128
+    chat_template: bool = True  # wrap each prompt in the tokenizer's chat template
+    bad_rows: str = "error"  # error | skip
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "auto"  # auto (vllm when installed, else hf) | hf | vllm
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n_samples: int = 2  # samples per prompt
+    max_new_tokens: int = 48
+    seed: int = 0
+    sync_every: int = 1  # push student weights to the engine every k updates
+    threads: int = 1
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = "hf"  # hf | sglang
+    dtype: str = "float32"
+    threads: int = 1
+
+
+@dataclass
+class StudentConfig:
+    world_size: int = 1  # FSDP2 ranks, one Ray actor each
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 2
+    schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.1
+    micro_batch_size: int = 8  # sequences per forward/backward; the rest is accumulated
+    grad_clip: float = 1.0
+    param_dtype: str = "float32"  # FSDP2 MixedPrecisionPolicy compute dtype
+    threads: int = 2
+
+
+@dataclass
+class LossConfig:
+    divergence: str = "reverse_kl"  # forward_kl | reverse_kl
+    temperature: float = 1.0
+    chunk_size: int = 512  # tokens per chunk: extra memory is O(chunk_size x vocab)
+
+
+@dataclass
+class RunConfig:
+    steps: int = 30
+    prompts_per_step: int = 8
+    on_policy_fraction: float = 1.0  # GKD lambda: chance a batch is sampled by the student
+    eval_every: int = 0  # 0: evaluate only before and after training
+    eval_samples: int = 1
+    seed: int = 0
+    output_dir: str = ""  # default: Hydra's run directory
+    save_student: bool = True
+
+
+@dataclass
+class LogConfig:
+    jsonl: bool = True
+    wandb: str = "offline"  # offline | online | disabled
+    wandb_project: str = "ondistill"
+    progress: bool = True
+    plot: bool = True
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
+    num_cpus: int = 0  # local Ray only; 0 lets Ray count the cores
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "rollout.backend": ("auto", "hf", "vllm"),
+    "teacher.backend": ("hf", "sglang"),
+    "teacher.dtype": ("float32", "bfloat16", "float16"),
+    "student.schedule": ("cosine", "linear", "constant"),
+    "student.param_dtype": ("float32", "bfloat16"),
+    "loss.divergence": ("forward_kl", "reverse_kl"),
+    "data.bad_rows": ("error", "skip"),
+    "log.wandb": ("offline", "online", "disabled"),
+}
+
+# key -> (predicate, what the value must be)
+_RANGES: dict[str, tuple[Any, str]] = {
+    "rollout.temperature": (lambda v: v > 0, "> 0"),
+    "rollout.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "rollout.n_samples": (lambda v: v >= 1, ">= 1"),
+    "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "rollout.sync_every": (lambda v: v >= 1, ">= 1"),
+    "student.world_size": (lambda v: v >= 1, ">= 1"),
+    "student.lr": (lambda v: v > 0, "> 0"),
+    "student.micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "student.grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    "loss.temperature": (lambda v: v > 0, "> 0"),
+    "loss.chunk_size": (lambda v: v >= 1, ">= 1"),
+    "run.steps": (lambda v: v >= 0, ">= 0"),
+    "run.prompts_per_step": (lambda v: v >= 1, ">= 1"),
+    "run.on_policy_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.eval_size": (lambda v: v >= 0, ">= 0"),
+    "data.max_prompt_tokens": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value that a dataclass type cannot; raise ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)} "
+                              f"(e.g. {key}={allowed[0]}).")
+    for key, (ok, must) in _RANGES.items():
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is out of range; it must be {must}.")
+    if len(set(cfg.model.student_keep_layers)) != len(cfg.model.student_keep_layers):
+        raise ConfigError(f"model.student_keep_layers={list(cfg.model.student_keep_layers)} "
+                          "repeats a layer; list each kept layer index once.")
+    return cfg
+
+
+def register() -> None:
+    """Register the schema as Hydra's base config `ondistill`."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="ondistill", node=Config)

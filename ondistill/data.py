@@ -1,0 +1,157 @@
+"""Prompt datasets: read and check JSONL rows, tokenize once, split off a held-out set, and
+collate batches in the schema of ondistill.batch.
+
+A row is {"prompt": str, "response"?: str}. Responses are needed only for off-policy batches
+(they are the degenerate rollout). Bad rows raise DataError naming the file and line, or are
+skipped and counted with data.bad_rows=skip.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tensordict import TensorDict
+
+from ondistill import batch as B
+from ondistill.config import DataConfig
+
+BUILTIN_PROMPTS = Path(__file__).parent / "assets" / "prompts.jsonl"
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class Example:
+    prompt_ids: list[int]
+    response_ids: list[int] | None  # tokenized reference response, EOS included
+
+
+def _check_row(raw: str, where: str) -> dict:
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be one object like "
+                        '{"prompt": "...", "response": "..."}.') from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: is a JSON {type(row).__name__}, not an object with a 'prompt'.")
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: 'prompt' is missing or empty; give a non-empty string.")
+    response = row.get("response")
+    if response is not None and not isinstance(response, str):
+        raise DataError(f"{where}: 'response' is a {type(response).__name__}; give a string "
+                        "or leave it out.")
+    return row
+
+
+class PromptSet:
+    """Tokenized prompts with a held-out split. Shuffles per epoch from a seed."""
+
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0):
+        path = BUILTIN_PROMPTS if cfg.prompts == "builtin" else Path(cfg.prompts).expanduser()
+        if not path.exists():
+            raise DataError(f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
+                            '{"prompt": ...} rows or data.prompts=builtin.')
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        self.skipped = 0
+        examples = []
+        for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                examples.append(self._encode(_check_row(raw, f"{path}:{lineno}"), cfg,
+                                             f"{path}:{lineno}"))
+            except DataError as e:
+                if cfg.bad_rows == "error":
+                    raise DataError(f"{e} (or set data.bad_rows=skip to skip such rows)") from None
+                self.skipped += 1
+        if len(examples) <= cfg.eval_size:
+            raise DataError(f"{path} has {len(examples)} usable rows, but data.eval_size="
+                            f"{cfg.eval_size} are held out; add rows or lower data.eval_size.")
+        cut = len(examples) - cfg.eval_size
+        self.train, self.eval = examples[:cut], examples[cut:]
+        self.rng = random.Random(seed)
+        self.epoch, self.position = 0, 0
+        self.order = self._shuffled()
+
+    def _encode(self, row: dict, cfg: DataConfig, where: str) -> Example:
+        tok = self.tokenizer
+        if cfg.chat_template and tok.chat_template:
+            ids = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}],
+                                          add_generation_prompt=True, tokenize=True)
+            ids = list(ids if isinstance(ids, list) else ids["input_ids"])
+        else:
+            ids = tok(row["prompt"], add_special_tokens=True)["input_ids"]
+        if len(ids) > cfg.max_prompt_tokens:
+            raise DataError(f"{where}: prompt is {len(ids)} tokens, over data.max_prompt_tokens="
+                            f"{cfg.max_prompt_tokens}; shorten it or raise the limit.")
+        response = None
+        if row.get("response") is not None:
+            response = tok(row["response"], add_special_tokens=False)["input_ids"]
+            response.append(tok.eos_token_id)
+        return Example(ids, response)
+
+    def require_responses(self, why: str) -> None:
+        """Off-policy batches need a reference response on every training row."""
+        missing = sum(e.response_ids is None for e in self.train)
+        if missing:
+            raise DataError(f"{missing} of {len(self.train)} training rows have no 'response', "
+                            f"but {why}; add responses to the data or set "
+                            "run.on_policy_fraction=1 (on-policy only).")
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "order": list(self.order),
+                "rng": self.rng.getstate()}
+
+    def _shuffled(self) -> list[int]:
+        order = list(range(len(self.train)))
+        self.rng.shuffle(order)
+        return order
+
+    def next_examples(self, n: int) -> list[Example]:
+        out = []
+        for _ in range(n):
+            if self.position == len(self.order):
+                self.epoch, self.position, self.order = self.epoch + 1, 0, self._shuffled()
+            out.append(self.train[self.order[self.position]])
+            self.position += 1
+        return out
+
+    def eval_batches(self, n: int) -> Iterator[list[Example]]:
+        for i in range(0, len(self.eval), n):
+            yield self.eval[i:i + n]
+
+
+def collate_prompts(examples: list[Example], pad_id: int) -> TensorDict:
+    """Left-pad prompts into PROMPT_IDS / PROMPT_MASK / PROMPT_INDEX."""
+    width = max(len(e.prompt_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        ids[i, width - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
+        mask[i, width - len(e.prompt_ids):] = True
+    return TensorDict({B.PROMPT_IDS: ids, B.PROMPT_MASK: mask,
+                       B.PROMPT_INDEX: torch.arange(len(examples))}, batch_size=[len(examples)])
+
+
+def collate_responses(td: TensorDict, responses: list[list[int]], pad_id: int,
+                      max_tokens: int) -> TensorDict:
+    """Add right-padded RESPONSE_IDS / RESPONSE_MASK (truncated to max_tokens) to td."""
+    width = max(1, min(max_tokens, max(len(r) for r in responses)))
+    ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(responses), width), dtype=torch.bool)
+    for i, r in enumerate(responses):
+        r = r[:width]
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = True
+    td.set(B.RESPONSE_IDS, ids)
+    td.set(B.RESPONSE_MASK, mask)
+    return td

@@ -1,0 +1,64 @@
+"""Output heads: turn final hidden states into logits, including the teacher architecture's
+logit scaling and soft-capping, so the student side can recompute teacher logits exactly."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class HeadSpec:
+    """How an architecture maps `h @ W.T` to logits: `softcap * tanh(scale * z / softcap)`."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap:
+            z = self.softcap * torch.tanh(z / self.softcap)
+        return z
+
+    @staticmethod
+    def from_config(config: dict) -> "HeadSpec":
+        text = config.get("text_config") or config  # multimodal configs nest the LM's
+        return HeadSpec(
+            scale=float(text.get("logit_scale") or 1.0),
+            softcap=text.get("final_logit_softcapping") or None,
+        )
+
+
+@dataclass
+class OutputHead:
+    """A frozen output head: weight [V, H] plus the architecture's HeadSpec."""
+
+    weight: torch.Tensor
+    spec: HeadSpec
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, H] -> logits [N, V] in float32."""
+        return self.spec.apply(hidden.float() @ self.weight.float().T)
+
+
+def load_output_head(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> OutputHead:
+    """Read only the output head of a safetensors checkpoint (not the whole model)."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    tied = config.get("tie_word_embeddings", (config.get("text_config") or {}).get(
+        "tie_word_embeddings", False))
+    wanted = ("lm_head.weight",) if not tied else ()
+    wanted += ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight",
+               "embed_tokens.weight")
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in wanted:
+                if name in f.keys():
+                    return OutputHead(f.get_tensor(name).to(dtype), HeadSpec.from_config(config))
+    raise FileNotFoundError(f"no output head ({' or '.join(wanted)}) in {model_dir}/*.safetensors; "
+                            "save the teacher with save_pretrained(safe_serialization=True).")

@@ -1,0 +1,75 @@
+"""The single controller: one step = generate -> score -> train_step -> push weights.
+
+A new dataflow (async, overlapped) subclasses Controller and overrides `step()`.
+"""
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from tensordict import TensorDict
+
+from ondistill import batch as B
+from ondistill.config import RunConfig
+from ondistill.data import PromptSet, collate_prompts, collate_responses
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[f"time/{stage}"] = time.perf_counter() - start
+
+
+class DatasetRollout:
+    """The degenerate rollout of off-policy KD: one dataset response per prompt (truncated to
+    max_new_tokens). There is no rollout policy, so its logprobs are zeros."""
+
+    def __init__(self, pad_id: int, max_new_tokens: int):
+        self.pad_id, self.max_new_tokens = pad_id, max_new_tokens
+
+    def generate(self, prompts: TensorDict, responses: list[list[int]]) -> TensorDict:
+        td = collate_responses(prompts.clone(), responses, self.pad_id, self.max_new_tokens)
+        td.set(B.ROLLOUT_LOGPROBS, torch.zeros(td[B.RESPONSE_IDS].shape))
+        return B.check(td, B.ROLLOUT, "dataset rollout")
+
+
+@dataclass
+class Controller:
+    cfg: RunConfig
+    prompts: PromptSet
+    rollout: "object"  # workers.group.RolloutGroup
+    dataset: DatasetRollout
+    teacher: "object"  # workers.group.TeacherGroup
+    student: "object"  # workers.group.StudentGroup
+    sync_every: int = 1
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.cfg.seed)  # GKD's per-batch on/off-policy coin
+        self.updates = 0
+
+    def step(self) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        examples = self.prompts.next_examples(self.cfg.prompts_per_step)
+        prompts = collate_prompts(examples, self.prompts.pad_id)
+        on_policy = self.rng.random() < self.cfg.on_policy_fraction
+        with timed(timings, "generate"):
+            if on_policy:
+                batch = self.rollout.generate(prompts)
+            else:
+                batch = self.dataset.generate(prompts, [e.response_ids for e in examples])
+        with timed(timings, "score"):
+            batch = self.teacher.score(batch)
+        with timed(timings, "train"):
+            metrics = self.student.train_step(batch)
+        self.updates += 1
+        with timed(timings, "sync"):
+            if self.updates % self.sync_every == 0:
+                self.student.push_weights(self.rollout)
+        step_time = sum(timings.values())
+        return {**metrics, **timings, "on_policy": float(on_policy),
+                "tokens_per_s": metrics["response_tokens"] / step_time}

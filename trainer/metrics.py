@@ -1,0 +1,77 @@
+"""Where metrics go: a progress bar, a JSONL file, wandb (offline unless configured), and a
+PNG of the curves at the end."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ondistill.config import LogConfig
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: Path, cfg: LogConfig, total_steps: int, config: dict[str, Any]):
+        self.out_dir, self.cfg = out_dir, cfg
+        self.path = out_dir / "metrics.jsonl"
+        self.file = self.path.open("a") if cfg.jsonl else None
+        self.wandb = None
+        if cfg.wandb != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb = wandb.init(project=cfg.wandb_project, mode=cfg.wandb, config=config,
+                                    dir=str(out_dir))
+        self.bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, desc="distill", unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **metrics}
+        if self.file:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+        if self.bar and "loss" in metrics:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl']:.3f}",
+                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+    def write(self, text: str) -> None:
+        if self.bar:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.file:
+            self.file.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def plot(metrics_path: Path, png_path: Path) -> Path:
+    """Training loss and held-out curves against step, from the JSONL file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval/rkl_student_samples" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    ax1.set_xlabel("step"), ax1.set_title("training divergence"), ax1.legend()
+    for key in ("eval/rkl_student_samples", "eval/fkl_teacher_samples"):
+        ax2.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=key[5:])
+    ax2.set_xlabel("step"), ax2.set_title("held-out (per token)"), ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

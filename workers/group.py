@@ -1,0 +1,113 @@
+"""Worker groups: Ray actors behind ordinary typed methods.
+
+Each method scatters a batch over its actors, gathers the results and combines them; nothing
+is attached at runtime. Ray is imported here (and in the actors), nowhere in ondistill core.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+from tensordict import TensorDict
+
+from ondistill import batch as B
+from ondistill.config import LossConfig, RolloutConfig, StudentConfig, TeacherConfig
+from workers.engines import ROLLOUT_BACKENDS, TEACHER_BACKENDS, load_class
+
+
+class RolloutGroup:
+    """One rollout engine actor (replicas are a later extension of the same interface)."""
+
+    def __init__(self, backend: str, model_dir: str, cfg: RolloutConfig):
+        cls = load_class(ROLLOUT_BACKENDS, backend)
+        self.actor = ray.remote(num_cpus=1)(cls).remote(model_dir, cfg)
+        self.backend = backend
+
+    def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
+        return ray.get(self.actor.generate.remote(prompts, seed))
+
+    @property
+    def handles(self) -> list:
+        return [self.actor]
+
+    def kill(self) -> None:
+        ray.kill(self.actor)
+
+
+class TeacherGroup:
+    def __init__(self, backend: str, model_dir: str, cfg: TeacherConfig):
+        cls = load_class(TEACHER_BACKENDS, backend)
+        self.actor = ray.remote(num_cpus=1)(cls).remote(model_dir, cfg)
+
+    def score(self, batch: TensorDict) -> TensorDict:
+        return ray.get(self.actor.score.remote(batch))
+
+    def kill(self) -> None:
+        ray.kill(self.actor)
+
+
+class StudentGroup:
+    """world_size FSDP2 ranks. Rows of a batch are split evenly over ranks."""
+
+    def __init__(self, cfg: StudentConfig, loss: LossConfig, student_dir: str,
+                 teacher_dir: str | None, total_steps: int):
+        from workers.student.fsdp import StudentWorker
+
+        self.world_size, self.student_dir = cfg.world_size, student_dir
+        self.actors = [ray.remote(num_cpus=1)(StudentWorker).remote(r, cfg.world_size, cfg, loss)
+                       for r in range(cfg.world_size)]
+        master = ray.get(self.actors[0].address.remote())
+        counts = ray.get([a.setup.remote(master, student_dir, teacher_dir, total_steps)
+                          for a in self.actors])
+        self.num_params = counts[0]
+
+    def _split(self, td: TensorDict) -> list[TensorDict]:
+        if td.batch_size[0] % self.world_size:
+            raise ValueError(f"batch of {td.batch_size[0]} rows does not split over "
+                             f"{self.world_size} student ranks; make it a multiple.")
+        return list(td.chunk(self.world_size))
+
+    def train_step(self, batch: TensorDict) -> dict[str, float]:
+        B.check(batch, B.SCORED, "student.train_step")
+        tokens = int(batch[B.RESPONSE_MASK].sum())
+        shards = self._split(batch)
+        results = ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])
+        kl = sum(r["div_sum"] for r in results) / max(tokens, 1)
+        # The loss is the divergence alone for now; `kl` stays the divergence once other
+        # terms (cross-entropy, policy gradient) join the loss.
+        return {"loss": kl, "kl": kl,
+                "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"],
+                "response_tokens": tokens}
+
+    def token_stats(self, batch: TensorDict, divergences: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Per-token stats over all response tokens of the batch, in row order."""
+        parts = ray.get([a.token_stats.remote(s, divergences)
+                         for a, s in zip(self.actors, self._split(batch))])
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def push_weights(self, rollout: RolloutGroup) -> int:
+        return ray.get([a.push_weights.remote(rollout.handles) for a in self.actors])[0]
+
+    def save_hf(self, path: str) -> None:
+        ray.get([a.save_hf.remote(path, self.student_dir) for a in self.actors])
+
+    def kill(self) -> None:
+        ray.get([a.shutdown.remote() for a in self.actors])
+        for a in self.actors:
+            ray.kill(a)
+
+
+def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
+    """Start a local Ray (default) or join a cluster (address='auto' or 'host:port')."""
+    import os
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # Actors ask for 1 CPU each as a placement token; locally that must not exceed the
+        # count Ray believes in, so give it at least 8 (threads are set per actor).
+        ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 1), include_dashboard=False,
+                 **kwargs)

@@ -1,0 +1,161 @@
+"""One FSDP2 rank of the student, run as a Ray actor (one per rank; gloo on CPU, nccl on GPU)."""
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from tensordict import TensorDict
+
+from ondistill import batch as B
+from ondistill.config import LossConfig, StudentConfig
+from ondistill.heads import load_output_head
+from workers.student.model import KDModel, parallelize
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def lr_lambda(cfg: StudentConfig, total_steps: int):
+    def fn(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+    return fn
+
+
+class StudentWorker:
+    def __init__(self, rank: int, world_size: int, cfg: StudentConfig, loss: LossConfig):
+        self.rank, self.world_size, self.cfg, self.loss_cfg = rank, world_size, cfg, loss
+        torch.set_num_threads(max(1, cfg.threads))
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 listens for the process group (called on rank 0 only)."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master: tuple[str, int], student_dir: str, teacher_dir: str | None,
+              total_steps: int) -> int:
+        """Join the process group, load and shard the student, build optimizer and schedule.
+        Returns the number of student parameters."""
+        from transformers import AutoModelForCausalLM
+
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master[0], str(master[1])
+        self.device = torch.device("cuda", torch.cuda.current_device()) \
+            if torch.cuda.is_available() else torch.device("cpu")
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                rank=self.rank, world_size=self.world_size)
+        mesh = torch.distributed.device_mesh.init_device_mesh(self.device.type, (self.world_size,))
+        torch.manual_seed(0)
+        lm = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+        head = load_output_head(teacher_dir) if teacher_dir else None
+        if head is not None:
+            head.weight = head.weight.to(self.device)
+        self.model = parallelize(KDModel(lm.to(self.device), head, self.loss_cfg.chunk_size),
+                                 mesh, DTYPES[self.cfg.param_dtype])
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
+                                           weight_decay=self.cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.cfg, total_steps))
+        return sum(p.numel() for p in lm.parameters())
+
+    def _inputs(self, td: TensorDict):
+        ids, mask, pos = B.full_sequence(td)
+        dev = self.device
+        return ids.to(dev), mask.to(dev), pos.to(dev), B.response_positions(td).start
+
+    def train_step(self, td: TensorDict, global_tokens: int) -> dict[str, float]:
+        """One optimizer step on this rank's rows, accumulated over micro-batches. The loss is
+        the mean over all response tokens of the global batch (global_tokens of them)."""
+        B.check(td, B.SCORED, "student.train_step")
+        self.model.train()
+        micro = td.split(self.cfg.micro_batch_size)
+        div_sum = 0.0
+        for i, mb in enumerate(micro):
+            ids, mask, pos, start = self._inputs(mb)
+            # FSDP2 averages gradients over ranks, so scale each rank's share back up.
+            weights = mb[B.RESPONSE_MASK].float().to(self.device) * (self.world_size / global_tokens)
+            self.model.set_requires_gradient_sync(i == len(micro) - 1)
+            loss = self.model(ids, mask, pos, start, mb[B.TEACHER_HIDDEN].to(self.device), weights,
+                              self.loss_cfg.divergence, self.loss_cfg.temperature)
+            loss.backward()
+            div_sum += loss.item() / self.world_size * global_tokens
+        grad_norm = self._clip()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"div_sum": div_sum, "grad_norm": grad_norm, "lr": lr}
+
+    def _clip(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    @torch.no_grad()
+    def token_stats(self, td: TensorDict, divergences: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Per-response-token stats of this rank's rows (flattened over response_mask)."""
+        self.model.eval()
+        ids, mask, pos, start = self._inputs(td)
+        keep = td[B.RESPONSE_MASK].to(self.device)
+        th = td.get(B.TEACHER_HIDDEN, None)
+        out = self.model.stats(ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device), keep,
+                               th.to(self.device) if th is not None else None, divergences)
+        return {k: v.cpu() for k, v in out.items()}
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """All ranks must call this; rank 0 gets full CPU tensors under HF names."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.model.lm, options=opts)
+
+    def push_weights(self, engines: list, bucket_mb: int = 256) -> int:
+        """Stream the student's weights to rollout engine actors in buckets of ~bucket_mb.
+
+        All ranks call it (the gather is collective); rank 0 sends. Each engine has the new
+        weights and flushed caches when this returns. Returns bytes sent per engine.
+        """
+        import ray
+
+        state = self._full_state_dict()
+        if self.rank != 0:
+            return 0
+        sent, bucket, size = 0, [], 0
+        for name, tensor in state.items():
+            bucket.append((name, tensor))
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_mb << 20:
+                ray.get([e.update_weights.remote(bucket) for e in engines])
+                sent, bucket, size = sent + size, [], 0
+        if bucket:
+            ray.get([e.update_weights.remote(bucket) for e in engines])
+            sent += size
+        ray.get([e.flush.remote() for e in engines])
+        return sent
+
+    def save_hf(self, path: str, student_dir: str) -> None:
+        """Write the student in Hugging Face format (rank 0 writes; all ranks must call)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        state = self._full_state_dict()
+        if self.rank == 0:
+            lm = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+            lm.load_state_dict(state)
+            lm.save_pretrained(path, safe_serialization=True)
+            AutoTokenizer.from_pretrained(student_dir).save_pretrained(path)
+        dist.barrier()
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
