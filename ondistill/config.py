@@ -43,14 +43,14 @@ class RolloutConfig:
     max_new_tokens: int = 48
     seed: int = 0
     sync_every: int = 1  # push student weights to the engine every k updates
-    threads: int = 1
+    threads: int = 2  # torch threads in the engine's process (stages run one at a time)
 
 
 @dataclass
 class TeacherConfig:
     backend: str = "hf"  # hf | sglang
     dtype: str = "float32"
-    threads: int = 1
+    threads: int = 2
 
 
 @dataclass
@@ -64,7 +64,7 @@ class StudentConfig:
     micro_batch_size: int = 8  # sequences per forward/backward; the rest is accumulated
     grad_clip: float = 1.0
     param_dtype: str = "float32"  # FSDP2 MixedPrecisionPolicy compute dtype
-    threads: int = 2
+    threads: int = 2  # torch threads per rank
 
 
 @dataclass

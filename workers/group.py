@@ -104,10 +104,14 @@ def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    # Actors' model-loading progress bars would interleave with the driver's step bar.
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "TOKENIZERS_PARALLELISM": "false"}
+    kwargs.setdefault("runtime_env", {"env_vars": env})
     if address:
         ray.init(address=address, **kwargs)
     else:
         # Actors ask for 1 CPU each as a placement token; locally that must not exceed the
         # count Ray believes in, so give it at least 8 (threads are set per actor).
         ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 1), include_dashboard=False,
-                 **kwargs)
+                 log_to_driver=True, **kwargs)
