@@ -42,6 +42,9 @@ class RolloutConfig:
     n_samples: int = 2  # samples per prompt
     max_new_tokens: int = 48
     seed: int = 0
+    stop_token_ids: list[int] = field(default_factory=list)  # extra stops besides EOS
+    max_model_len: int = 2048  # vLLM: longest prompt + response it must hold
+    gpu_memory_utilization: float = 0.3  # vLLM on GPU: its share, rest for teacher/student
     sync_every: int = 1  # push student weights to the engine every k updates
     threads: int = 2  # torch threads in the engine's process (stages run one at a time)
 

@@ -33,8 +33,9 @@ def tiny_dirs(tmp_path_factory, smollm2_dir) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiny")
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+    # head_dim 64: vLLM's CPU attention supports only common head sizes.
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=512, tie_word_embeddings=True,
                          initializer_range=0.1, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

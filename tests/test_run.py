@@ -16,6 +16,8 @@ def tiny_config(tiny_dirs, prompts_file, tmp_path, **run_overrides) -> Config:
     cfg.model.cache_dir = str(tmp_path / "cache")
     cfg.data.prompts, cfg.data.eval_size = str(prompts_file), 4
     cfg.rollout.backend, cfg.rollout.max_new_tokens, cfg.rollout.threads = "hf", 12, 1
+    if run_overrides.get("on_policy_fraction") == 1.0:
+        cfg.rollout.backend = "vllm"  # the default engine where vLLM is installed
     cfg.teacher.threads = 1
     cfg.student.lr, cfg.student.warmup_steps, cfg.student.threads = 3e-3, 0, 1
     cfg.run.steps, cfg.run.prompts_per_step = 8, 4

@@ -40,11 +40,13 @@ def test_two_ranks_match_one_rank(ray_local, tiny_dirs):
     torch.testing.assert_close(logprobs[2], logprobs[1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
-def test_weight_push_makes_rollout_logprobs_equal_student(ray_local, tiny_dirs, world_size):
+@pytest.mark.parametrize("backend,world_size", [("hf", 1), ("vllm", 1), ("vllm", 2)])
+def test_weight_push_makes_rollout_logprobs_equal_student(ray_local, tiny_dirs, backend,
+                                                          world_size):
     teacher_dir, student_dir = tiny_dirs
     batch = scored_batches(teacher_dir, student_dir, 1)[0]
-    rollout = RolloutGroup("hf", str(student_dir), RolloutConfig(n_samples=2, max_new_tokens=12))
+    rollout = RolloutGroup(backend, str(student_dir),
+                           RolloutConfig(n_samples=2, max_new_tokens=12, threads=1))
     student = StudentGroup(StudentConfig(world_size=world_size, lr=1e-2, warmup_steps=0, threads=1),
                            LossConfig(), str(student_dir), str(teacher_dir), 2)
     prompts = collate_prompts([Example([1, 300, 301, 2], None), Example([1, 400, 2], None)], 2)

