@@ -9,6 +9,8 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
   teacher_hidden   [B, R, H] teacher's final hidden state (post final norm) at the position
                    that PREDICTS response token r, i.e. sequence position P + r - 1
   prompt_index     [B] int64, which prompt of the step a row came from (N samples share one)
+  teacher_topk_ids / teacher_topk_logprobs  [B, R, k] int64 / float32: instead of
+                   teacher_hidden, a teacher that can only send its top-k (teacher.topk > 0)
 
 Each stage boundary calls `check(td, STAGE_KEYS[stage], stage)` so a missing or malformed key
 fails with its name instead of as a shape error three calls later.
@@ -25,6 +27,8 @@ RESPONSE_MASK = "response_mask"
 ROLLOUT_LOGPROBS = "rollout_logprobs"
 TEACHER_HIDDEN = "teacher_hidden"
 PROMPT_INDEX = "prompt_index"
+TEACHER_TOPK_IDS = "teacher_topk_ids"
+TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
 
 _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     PROMPT_IDS: (torch.int64,),
@@ -34,13 +38,22 @@ _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     ROLLOUT_LOGPROBS: (torch.float32,),
     TEACHER_HIDDEN: (torch.float32, torch.bfloat16, torch.float16),
     PROMPT_INDEX: (torch.int64,),
+    TEACHER_TOPK_IDS: (torch.int64,),
+    TEACHER_TOPK_LOGPROBS: (torch.float32,),
 }
 _NDIM = {PROMPT_IDS: 2, PROMPT_MASK: 2, RESPONSE_IDS: 2, RESPONSE_MASK: 2,
-         ROLLOUT_LOGPROBS: 2, TEACHER_HIDDEN: 3, PROMPT_INDEX: 1}
+         ROLLOUT_LOGPROBS: 2, TEACHER_HIDDEN: 3, PROMPT_INDEX: 1,
+         TEACHER_TOPK_IDS: 3, TEACHER_TOPK_LOGPROBS: 3}
 
 PROMPTS = (PROMPT_IDS, PROMPT_MASK, PROMPT_INDEX)
 ROLLOUT = PROMPTS + (RESPONSE_IDS, RESPONSE_MASK, ROLLOUT_LOGPROBS)
 SCORED = ROLLOUT + (TEACHER_HIDDEN,)
+SCORED_TOPK = ROLLOUT + (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)
+
+
+def scored_keys(td: TensorDict) -> tuple[str, ...]:
+    """The scored schema this batch claims: top-k if it carries top-k, else hidden states."""
+    return SCORED_TOPK if TEACHER_TOPK_IDS in td.keys() else SCORED
 
 
 class BatchError(ValueError):

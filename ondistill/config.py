@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ondistill.divergences import DIVERGENCES
+
 BUILTIN_TEACHER = "builtin:smollm2-135m-instruct"
 
 
@@ -43,6 +45,7 @@ class RolloutConfig:
     max_new_tokens: int = 48
     seed: int = 0
     stop_token_ids: list[int] = field(default_factory=list)  # extra stops besides EOS
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks: fixed work)
     max_model_len: int = 2048  # vLLM: longest prompt + response it must hold
     gpu_memory_utilization: float = 0.3  # vLLM on GPU: its share, rest for teacher/student
     sync_every: int = 1  # push student weights to the engine every k updates
@@ -53,6 +56,7 @@ class RolloutConfig:
 class TeacherConfig:
     backend: str = "hf"  # hf | sglang
     dtype: str = "float32"
+    topk: int = 0  # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket
     threads: int = 2
 
 
@@ -72,8 +76,17 @@ class StudentConfig:
 
 @dataclass
 class LossConfig:
-    divergence: str = "reverse_kl"  # forward_kl | reverse_kl
+    objective: str = "divergence"  # divergence | policy_gradient (MiniLLM-style on-policy RKL)
+    divergence: str = "reverse_kl"  # see ondistill/divergences/
+    jsd_beta: float = 0.5  # jsd: 0 is forward KL, 1 reverse KL
+    skew_alpha: float = 0.1  # skew_forward_kl / skew_reverse_kl
+    akl_mu: float = 0.5  # adaptive_kl: teacher head mass
     temperature: float = 1.0
+    ce_coef: float = 0.0  # + ce_coef x cross-entropy on the response tokens
+    pg_discount: float = 0.0  # policy_gradient: gamma of the future-reward sum (0: per token)
+    pg_clip: float = 0.2  # policy_gradient: PPO clip of the importance ratio
+    # token: mean over all response tokens of the batch; sequence: mean of per-sequence means
+    reduction: str = "token"
     chunk_size: int = 512  # tokens per chunk: extra memory is O(chunk_size x vocab)
 
 
@@ -123,7 +136,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.dtype": ("float32", "bfloat16", "float16"),
     "student.schedule": ("cosine", "linear", "constant"),
     "student.param_dtype": ("float32", "bfloat16"),
-    "loss.divergence": ("forward_kl", "reverse_kl"),
+    "loss.objective": ("divergence", "policy_gradient"),
+    "loss.divergence": tuple(DIVERGENCES),
+    "loss.reduction": ("token", "sequence"),
     "data.bad_rows": ("error", "skip"),
     "log.wandb": ("offline", "online", "disabled"),
 }
@@ -140,6 +155,13 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "student.micro_batch_size": (lambda v: v >= 1, ">= 1"),
     "student.grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
     "loss.temperature": (lambda v: v > 0, "> 0"),
+    "loss.jsd_beta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "loss.skew_alpha": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "loss.akl_mu": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "loss.ce_coef": (lambda v: v >= 0, ">= 0"),
+    "loss.pg_discount": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "loss.pg_clip": (lambda v: v > 0, "> 0"),
+    "teacher.topk": (lambda v: v >= 0, ">= 0 (0 sends hidden states)"),
     "loss.chunk_size": (lambda v: v >= 1, ">= 1"),
     "run.steps": (lambda v: v >= 0, ">= 0"),
     "run.prompts_per_step": (lambda v: v >= 1, ">= 1"),
@@ -166,6 +188,12 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; it must be {must}.")
+    if cfg.loss.objective == "policy_gradient" and cfg.run.on_policy_fraction < 1:
+        raise ConfigError("loss.objective=policy_gradient needs on-policy batches only; set "
+                          "run.on_policy_fraction=1 or use loss.objective=divergence.")
+    if cfg.teacher.topk and (cfg.loss.objective != "divergence" or cfg.loss.temperature != 1):
+        raise ConfigError("teacher.topk>0 supports loss.objective=divergence at "
+                          "loss.temperature=1 only; set teacher.topk=0 to send hidden states.")
     if len(set(cfg.model.student_keep_layers)) != len(cfg.model.student_keep_layers):
         raise ConfigError(f"model.student_keep_layers={list(cfg.model.student_keep_layers)} "
                           "repeats a layer; list each kept layer index once.")

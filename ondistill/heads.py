@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadSpec:
     """How an architecture maps `h @ W.T` to logits: `softcap * tanh(scale * z / softcap)`."""
 
@@ -40,8 +40,8 @@ class OutputHead:
     spec: HeadSpec
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, H] -> logits [N, V] in float32."""
-        return self.spec.apply(hidden.float() @ self.weight.float().T)
+        """hidden [N, H] -> logits [N, V] in float32 (the matmul in the head's dtype)."""
+        return self.spec.apply((hidden.to(self.weight.dtype) @ self.weight.T).float())
 
 
 def load_output_head(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> OutputHead:

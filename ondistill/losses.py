@@ -1,49 +1,160 @@
-"""Chunked knowledge-distillation loss from hidden states.
+"""Chunked distillation objectives from hidden states (or a teacher's top-k).
 
-Teacher logits are recomputed here from the teacher's final hidden states and output head;
-the student's come from its own hidden states and head. Tokens are walked in chunks: for each
-chunk both heads are applied, the divergence and its gradient w.r.t. the student logits are
-computed, and that gradient is pushed straight through the student head. Nothing of size
-[tokens, vocab] outlives a chunk, so extra memory is O(chunk x vocab).
+The teacher's logits are recomputed here from its final hidden states and output head; the
+student's come from its hidden states and head. Tokens are walked in chunks: per chunk both
+heads run, the per-token objective and its gradient w.r.t. the student logits are computed,
+and that gradient is pushed straight through the student head. Nothing of size
+[tokens, vocab] outlives a chunk: extra memory is O(chunk x vocab).
+
+Objectives (one signature, see `Objective`):
+- `divergence`: a registered full-vocabulary divergence (ondistill.divergences);
+- `policy_gradient`: on-policy RL on the per-token reverse-KL reward
+  log p_teacher(y_t) - log p_student(y_t) (MiniLLM / on-policy RKL), PPO-clipped importance
+  ratio against the rollout engine's logprobs;
+either plus `ce_coef` x cross-entropy on the response tokens.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec, OutputHead
 
-# (student_logits [N, V], teacher_logits [N, V]) float32 -> per-token divergence [N]
-Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-DIVERGENCES: dict[str, Divergence] = {}
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What to compute per token. `extras` keys used: targets, rollout_logprobs, advantages."""
+
+    objective: str = "divergence"  # divergence | policy_gradient
+    divergence: str = "reverse_kl"
+    params: DivergenceParams = field(default_factory=DivergenceParams)
+    temperature: float = 1.0
+    ce_coef: float = 0.0
+    pg_clip: float = 0.2
 
 
-def register(name: str) -> Callable[[Divergence], Divergence]:
-    def wrap(fn: Divergence) -> Divergence:
-        DIVERGENCES[name] = fn
-        return fn
-    return wrap
+class HiddenTeacher:
+    """Teacher given as final hidden states [N, H_t] plus its output head."""
+
+    def __init__(self, hidden: torch.Tensor, head: OutputHead):
+        self.hidden, self.head = hidden, head
+
+        self.spec = head.spec
+
+    def chunk(self, i: int, j: int) -> dict[str, torch.Tensor]:
+        w = self.head.weight
+        return {"logits": self.hidden[i:j].to(w.dtype) @ w.T}  # the matmul, in the head's dtype
+
+    @staticmethod
+    def views(z_s: torch.Tensor, chunk: dict[str, torch.Tensor], temperature: float,
+              spec: HeadSpec):
+        """(student view, teacher view) of one chunk, both logits-like [c, V]."""
+        return z_s, spec.apply(chunk["logits"].float()) / temperature
 
 
-@register("forward_kl")
-def forward_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """KL(p_teacher || p_student): mode-covering; the classic KD objective."""
-    t = F.log_softmax(teacher, dim=-1)
-    s = F.log_softmax(student, dim=-1)
-    return (t.exp() * (t - s)).sum(-1)
+class TopKTeacher:
+    """Teacher given as its top-k token ids and log-probs [N, k]. Both sides are reduced to
+    k + 1 buckets (the k ids, then everything else), so the divergence stays a proper
+    divergence between two distributions; with k = V the tail is empty and it is exact."""
+
+    spec = None
+
+    def __init__(self, ids: torch.Tensor, logprobs: torch.Tensor):
+        self.ids, self.logprobs = ids, logprobs.float()
+
+    def chunk(self, i: int, j: int) -> dict[str, torch.Tensor]:
+        return {"ids": self.ids[i:j], "logprobs": self.logprobs[i:j]}
+
+    @staticmethod
+    def views(z_s: torch.Tensor, chunk: dict[str, torch.Tensor], temperature: float, spec: None):
+        return bucketed(F.log_softmax(z_s, -1), chunk["ids"]), bucketed_teacher(chunk["logprobs"])
+
+    def captured_mass(self) -> torch.Tensor:
+        return self.logprobs.exp().sum(-1)  # [N]
 
 
-@register("reverse_kl")
-def reverse_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """KL(p_student || p_teacher): mode-seeking; what on-policy distillation minimises."""
-    t = F.log_softmax(teacher, dim=-1)
-    s = F.log_softmax(student, dim=-1)
-    return (s.exp() * (s - t)).sum(-1)
+def _log_tail(log_in: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(log_in))) per row. An empty tail (k = V) is clamped to a tiny mass
+    before the log, so both its value and its gradient stay finite (and ~0 in the loss)."""
+    return (1 - log_in.exp().sum(-1, keepdim=True)).clamp_min(1e-30).log()
 
 
-class _ChunkedKD(torch.autograd.Function):
+def bucketed(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[c, V] log-probs -> [c, k + 1]: the k ids' log-probs, then the log of the rest."""
+    top = log_probs.gather(-1, ids)
+    return torch.cat([top, _log_tail(top)], -1)
+
+
+def bucketed_teacher(top: torch.Tensor) -> torch.Tensor:
+    return torch.cat([top, _log_tail(top)], -1)
+
+
+# (student view [c, K], teacher view [c, K], student logits z_s [c, V], extras) -> loss [c]
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict, ObjectiveSpec], torch.Tensor]
+
+
+def _divergence(s_view, t_view, z_s, extras, spec: ObjectiveSpec) -> torch.Tensor:
+    return DIVERGENCES[spec.divergence](s_view, t_view, spec.params)
+
+
+def _policy_gradient(s_view, t_view, z_s, extras, spec: ObjectiveSpec) -> torch.Tensor:
+    targets = extras["targets"].unsqueeze(-1)
+    lp_s = F.log_softmax(z_s, -1).gather(-1, targets).squeeze(-1)
+    advantage = extras.get("advantages")
+    if advantage is None:  # undiscounted: the per-token reward itself
+        lp_t = F.log_softmax(t_view, -1).gather(-1, targets).squeeze(-1)
+        advantage = (lp_t - lp_s).detach()
+    ratio = (lp_s - extras["rollout_logprobs"]).exp()
+    clipped = ratio.clamp(1 - spec.pg_clip, 1 + spec.pg_clip)
+    return -torch.minimum(ratio * advantage, clipped * advantage)
+
+
+OBJECTIVES: dict[str, Objective] = {"divergence": _divergence, "policy_gradient": _policy_gradient}
+
+
+def chunk_objective(z_raw, t_chunk, weights, extras, views: Callable, spec: ObjectiveSpec,
+                    s_spec: HeadSpec, t_spec: HeadSpec | None):
+    """One chunk's weighted objective from the student's raw logits z_raw [c, V]; returns
+    (loss, weighted divergence sum). Pure, so it can be differentiated with
+    torch.func and compiled whole: on GPU the softmaxes, divergence and gradient fuse."""
+    z_s = s_spec.apply(z_raw.float()) / spec.temperature
+    s_view, t_view = views(z_s, t_chunk, spec.temperature, t_spec)
+    per_token = OBJECTIVES[spec.objective](s_view, t_view, z_s, extras, spec)
+    if spec.ce_coef:
+        ce = -F.log_softmax(z_s, -1).gather(-1, extras["targets"][:, None]).squeeze(-1)
+        per_token = per_token + spec.ce_coef * ce
+    loss = (per_token * weights).sum()
+    if spec.objective == "divergence" and not spec.ce_coef:
+        div = loss.detach()
+    else:  # report the divergence itself as well, for comparable curves
+        div = (DIVERGENCES[spec.divergence](s_view.detach(), t_view, spec.params) * weights).sum()
+    return loss, div
+
+
+_value_and_grad = torch.func.grad_and_value(chunk_objective, has_aux=True)
+_steps: dict[tuple, Callable] = {}
+
+
+def _step_fn(device: torch.device, fuse: bool, views: Callable, spec: ObjectiveSpec,
+             s_spec: HeadSpec, t_spec: HeadSpec | None) -> Callable:
+    """(z_raw, t_chunk, weights, extras) -> (grad wrt z_raw, (loss, divergence)). On CUDA with
+    fuse, compiled once per distinct (teacher kind, specs): the specs are bound as constants so
+    that new batches never trigger a recompile."""
+    fused = fuse and device.type == "cuda"
+    key = (fused, views, spec, s_spec, t_spec)
+    if key not in _steps:
+        fn = functools.partial(_value_and_grad, views=views, spec=spec, s_spec=s_spec,
+                               t_spec=t_spec)
+        _steps[key] = torch.compile(fn, dynamic=False) if fused else fn
+    return _steps[key]
+
+
+class _Chunked(torch.autograd.Function):
     """Forward computes the loss AND its gradients chunk by chunk; backward only scales them.
 
     Computing gradients in forward (as Liger's fused linear cross-entropy does) is what keeps
@@ -51,30 +162,27 @@ class _ChunkedKD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, t_hidden, t_weight, weights,  # type: ignore[override]
-                divergence: Divergence, s_spec: HeadSpec, t_spec: HeadSpec,
-                temperature: float, chunk: int):
-        needs_grad = s_hidden.requires_grad or s_weight.requires_grad
-        grad_h = torch.zeros_like(s_hidden, dtype=torch.float32) if needs_grad else None
-        grad_w = torch.zeros_like(s_weight, dtype=torch.float32) if needs_grad else None
-        w_s = s_weight.detach().float()
-        w_t = t_weight.detach().float()
+    def forward(ctx, s_hidden, s_weight, teacher, weights, extras, spec: ObjectiveSpec,  # type: ignore[override]
+                s_spec: HeadSpec, chunk: int, stats: dict, fuse: bool):
+        # Matmuls run in the weights' dtype (bf16 on GPU, fp32 on CPU); softmax, divergence
+        # and gradients are float32; the head gradient accumulates in the weights' dtype.
+        w_s = s_weight.detach()
+        grad_h = torch.empty_like(s_hidden, dtype=w_s.dtype)
+        grad_w = torch.zeros_like(w_s)
+        step = _step_fn(s_hidden.device, fuse, teacher.views, spec, s_spec, teacher.spec)
         total = torch.zeros((), dtype=torch.float32, device=s_hidden.device)
+        div_sum = torch.zeros_like(total)
         for i in range(0, s_hidden.shape[0], chunk):
-            h = s_hidden[i:i + chunk].detach().float()
-            wt = weights[i:i + chunk].float()
-            with torch.no_grad():
-                z_t = t_spec.apply(t_hidden[i:i + chunk].float() @ w_t.T) / temperature
-            with torch.enable_grad():
-                z_raw = (h @ w_s.T).requires_grad_(needs_grad)
-                z_s = s_spec.apply(z_raw) / temperature
-                loss = (divergence(z_s, z_t) * wt).sum()
-                if needs_grad:
-                    (g,) = torch.autograd.grad(loss, z_raw)
-            total += loss.detach()
-            if needs_grad:
-                grad_h[i:i + chunk] = g @ w_s
-                grad_w.addmm_(g.T, h)
+            j = i + chunk
+            h = s_hidden[i:j].detach().to(w_s.dtype)
+            ex = {k: v[i:j] for k, v in extras.items()}
+            g, (loss, div) = step(h @ w_s.T, teacher.chunk(i, j), weights[i:j].float(), ex)
+            total += loss
+            div_sum += div
+            g = g.to(w_s.dtype)
+            torch.mm(g, w_s, out=grad_h[i:j])
+            grad_w.addmm_(g.T, h)
+        stats["divergence"] = float(div_sum)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype)
         return total
@@ -86,32 +194,51 @@ class _ChunkedKD(torch.autograd.Function):
                 None, None, None, None, None, None, None, None)
 
 
-def chunked_kd_loss(
+def chunked_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_head: OutputHead,
+    teacher: HiddenTeacher | TopKTeacher,
     weights: torch.Tensor,
-    divergence: str = "reverse_kl",
-    temperature: float = 1.0,
+    spec: ObjectiveSpec | None = None,
+    extras: dict[str, torch.Tensor] | None = None,
     chunk_size: int = 512,
     student_spec: HeadSpec | None = None,
+    stats: dict | None = None,
+    fuse: bool = True,
 ) -> torch.Tensor:
-    """sum_n weights[n] * D(student_n, teacher_n), differentiable in student_hidden and
-    student_weight.
-
-    student_hidden [N, H_s], student_weight [V, H_s], teacher_hidden [N, H_t], weights [N]
-    (put 0 on padding; 1/num_tokens gives the token mean). Teacher and student must share the
-    vocabulary V (cross-tokenizer distillation aligns first).
-    """
-    if divergence not in DIVERGENCES:
-        raise KeyError(f"unknown divergence {divergence!r}; registered: {sorted(DIVERGENCES)}")
-    if student_weight.shape[0] != teacher_head.weight.shape[0]:
+    """sum_n weights[n] * objective_n, differentiable in student_hidden [N, H_s] and
+    student_weight [V, H_s]. weights [N] (0 on padding; 1/num_tokens gives the token mean).
+    extras: per-token [N] tensors the objective needs (targets, rollout_logprobs, advantages).
+    stats, if given, receives the weighted divergence sum under "divergence". fuse: on CUDA,
+    run each chunk's softmax/divergence/gradient as one torch.compile'd function."""
+    spec = spec or ObjectiveSpec()
+    if spec.divergence not in DIVERGENCES:
+        raise KeyError(f"unknown divergence {spec.divergence!r}; registered: {sorted(DIVERGENCES)}")
+    if isinstance(teacher, HiddenTeacher) and student_weight.shape[0] != teacher.head.weight.shape[0]:
         raise ValueError(f"student vocabulary ({student_weight.shape[0]}) and teacher vocabulary "
-                         f"({teacher_head.weight.shape[0]}) differ; use a cross-tokenizer method.")
-    return _ChunkedKD.apply(student_hidden, student_weight, teacher_hidden, teacher_head.weight,
-                            weights, DIVERGENCES[divergence], student_spec or HeadSpec(),
-                            teacher_head.spec, temperature, chunk_size)
+                         f"({teacher.head.weight.shape[0]}) differ; use a cross-tokenizer method.")
+    return _Chunked.apply(student_hidden, student_weight, teacher, weights, extras or {}, spec,
+                          student_spec or HeadSpec(), chunk_size,
+                          stats if stats is not None else {}, fuse)
+
+
+def chunked_kd_loss(student_hidden, student_weight, teacher_hidden, teacher_head: OutputHead,
+                    weights, divergence: str = "reverse_kl", temperature: float = 1.0,
+                    chunk_size: int = 512, student_spec: HeadSpec | None = None) -> torch.Tensor:
+    """The plain full-vocabulary divergence between hidden-state heads (see chunked_loss)."""
+    return chunked_loss(student_hidden, student_weight, HiddenTeacher(teacher_hidden, teacher_head),
+                        weights, ObjectiveSpec(divergence=divergence, temperature=temperature),
+                        chunk_size=chunk_size, student_spec=student_spec)
+
+
+def discounted_advantages(reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """A_t = sum_{k >= t} gamma^(k - t) r_k over each row's response tokens. reward, mask [b, R]."""
+    out = torch.zeros_like(reward)
+    running = torch.zeros_like(reward[:, 0])
+    for t in range(reward.shape[1] - 1, -1, -1):
+        running = (reward[:, t] + gamma * running) * mask[:, t]
+        out[:, t] = running
+    return out
 
 
 @torch.no_grad()
@@ -128,6 +255,7 @@ def chunked_token_stats(
     """Per-token statistics without gradients, chunked: `student_logprob` and (with a teacher)
     `teacher_logprob` of targets [N], plus each named divergence [N]. Temperature 1."""
     spec = student_spec or HeadSpec()
+    params = DivergenceParams()
     out: dict[str, list[torch.Tensor]] = {"student_logprob": []}
     if teacher_head is not None:
         out["teacher_logprob"] = []
@@ -141,5 +269,5 @@ def chunked_token_stats(
         z_t = teacher_head.logits(teacher_hidden[i:i + chunk_size])
         out["teacher_logprob"].append(torch.log_softmax(z_t, -1).gather(-1, tgt).squeeze(-1))
         for d in divergences:
-            out[d].append(DIVERGENCES[d](z_s, z_t))
+            out[d].append(DIVERGENCES[d](z_s, z_t, params))
     return {k: torch.cat(v) if v else student_hidden.new_zeros(0) for k, v in out.items()}

@@ -69,16 +69,18 @@ class StudentGroup:
         return list(td.chunk(self.world_size))
 
     def train_step(self, batch: TensorDict) -> dict[str, float]:
-        B.check(batch, B.SCORED, "student.train_step")
-        tokens = int(batch[B.RESPONSE_MASK].sum())
-        shards = self._split(batch)
-        results = ray.get([a.train_step.remote(s, tokens) for a, s in zip(self.actors, shards)])
-        kl = sum(r["div_sum"] for r in results) / max(tokens, 1)
-        # The loss is the divergence alone for now; `kl` stays the divergence once other
-        # terms (cross-entropy, policy gradient) join the loss.
-        return {"loss": kl, "kl": kl,
-                "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"],
-                "response_tokens": tokens}
+        B.check(batch, B.scored_keys(batch), "student.train_step")
+        mask = batch[B.RESPONSE_MASK]
+        tokens, rows = int(mask.sum()), batch.batch_size[0]
+        results = ray.get([a.train_step.remote(s, tokens, rows)
+                           for a, s in zip(self.actors, self._split(batch))])
+        metrics = {"loss": sum(r["loss"] for r in results), "kl": sum(r["kl"] for r in results),
+                   "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"],
+                   "response_tokens": tokens}
+        if B.TEACHER_TOPK_LOGPROBS in batch.keys():
+            mass = batch[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[mask]
+            metrics["teacher_topk_mass"] = float(mass.mean())
+        return metrics
 
     def token_stats(self, batch: TensorDict, divergences: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """Per-token stats over all response tokens of the batch, in row order."""

@@ -36,6 +36,7 @@ class HFRollout:
         self.gen_cfg = GenerationConfig(
             do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
             max_new_tokens=cfg.max_new_tokens, eos_token_id=sorted(self.eos_ids),
+            min_new_tokens=cfg.max_new_tokens if cfg.ignore_eos else 0,
             pad_token_id=self.pad_id, output_logits=True, return_dict_in_generate=True)
         self.calls = 0
 
@@ -53,7 +54,7 @@ class HFRollout:
         resp = out.sequences[:, td[B.PROMPT_IDS].shape[1]:]
         logits = torch.stack(out.logits, dim=1).float()  # [B, R, V], before any warping
         logprobs = torch.log_softmax(logits, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
-        mask = response_mask(resp, self.eos_ids)
+        mask = response_mask(resp, set() if self.cfg.ignore_eos else self.eos_ids)
         td.set(B.RESPONSE_IDS, resp.masked_fill(~mask, self.pad_id))
         td.set(B.RESPONSE_MASK, mask)
         td.set(B.ROLLOUT_LOGPROBS, logprobs.masked_fill(~mask, 0.0))

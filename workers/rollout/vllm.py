@@ -54,7 +54,8 @@ class VLLMRollout:
         # vLLM seeds the n children of a request seed, seed+1, ...: space prompts n apart.
         params = [SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                  max_tokens=self.cfg.max_new_tokens, seed=seed + i * n,
-                                 logprobs=0, stop_token_ids=list(self.cfg.stop_token_ids))
+                                 logprobs=0, stop_token_ids=list(self.cfg.stop_token_ids),
+                                 ignore_eos=self.cfg.ignore_eos)
                   for i in range(len(token_lists))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_lists],
                                     params, use_tqdm=False)

@@ -11,7 +11,9 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import LossConfig, StudentConfig
+from ondistill.divergences import DivergenceParams
 from ondistill.heads import load_output_head
+from ondistill.losses import ObjectiveSpec
 from workers.student.model import KDModel, parallelize
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -32,6 +34,10 @@ def lr_lambda(cfg: StudentConfig, total_steps: int):
 class StudentWorker:
     def __init__(self, rank: int, world_size: int, cfg: StudentConfig, loss: LossConfig):
         self.rank, self.world_size, self.cfg, self.loss_cfg = rank, world_size, cfg, loss
+        self.spec = ObjectiveSpec(
+            objective=loss.objective, divergence=loss.divergence, temperature=loss.temperature,
+            params=DivergenceParams(beta=loss.jsd_beta, alpha=loss.skew_alpha, mu=loss.akl_mu),
+            ce_coef=loss.ce_coef, pg_clip=loss.pg_clip)
         torch.set_num_threads(max(1, cfg.threads))
 
     def address(self) -> tuple[str, int]:
@@ -73,28 +79,45 @@ class StudentWorker:
         dev = self.device
         return ids.to(dev), mask.to(dev), pos.to(dev), B.response_positions(td).start
 
-    def train_step(self, td: TensorDict, global_tokens: int) -> dict[str, float]:
-        """One optimizer step on this rank's rows, accumulated over micro-batches. The loss is
-        the mean over all response tokens of the global batch (global_tokens of them)."""
-        B.check(td, B.SCORED, "student.train_step")
+    def _weights(self, mb: TensorDict, global_tokens: int, global_rows: int) -> torch.Tensor:
+        """Per-token loss weights [b, R] that make the sum over all ranks and micro-batches the
+        configured mean. FSDP2 averages gradients over ranks, so each rank's share is scaled
+        back up by world_size."""
+        mask = mb[B.RESPONSE_MASK].float()
+        if self.loss_cfg.reduction == "sequence":
+            w = mask / mask.sum(1, keepdim=True).clamp_min(1) / global_rows
+        else:
+            w = mask / global_tokens
+        return (w * self.world_size).to(self.device)
+
+    def train_step(self, td: TensorDict, global_tokens: int, global_rows: int) -> dict[str, float]:
+        """One optimizer step on this rank's rows, accumulated over micro-batches."""
+        B.check(td, B.scored_keys(td), "student.train_step")
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
-        div_sum = 0.0
+        loss_sum = div_sum = 0.0
         for i, mb in enumerate(micro):
             ids, mask, pos, start = self._inputs(mb)
-            # FSDP2 averages gradients over ranks, so scale each rank's share back up.
-            weights = mb[B.RESPONSE_MASK].float().to(self.device) * (self.world_size / global_tokens)
+            if B.TEACHER_HIDDEN in mb.keys():
+                teacher = {"hidden": mb[B.TEACHER_HIDDEN].to(self.device)}
+            else:
+                teacher = {"topk_ids": mb[B.TEACHER_TOPK_IDS].to(self.device),
+                           "topk_logprobs": mb[B.TEACHER_TOPK_LOGPROBS].to(self.device)}
+            extras = {"targets": mb[B.RESPONSE_IDS].to(self.device),
+                      "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device)}
             self.model.set_requires_gradient_sync(i == len(micro) - 1)
-            loss = self.model(ids, mask, pos, start, mb[B.TEACHER_HIDDEN].to(self.device), weights,
-                              self.loss_cfg.divergence, self.loss_cfg.temperature)
+            loss, div = self.model(ids, mask, pos, start, teacher,
+                                   self._weights(mb, global_tokens, global_rows), extras,
+                                   self.spec, self.loss_cfg.pg_discount)
             loss.backward()
-            div_sum += loss.item() / self.world_size * global_tokens
+            loss_sum += loss.item() / self.world_size
+            div_sum += div / self.world_size
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"div_sum": div_sum, "grad_norm": grad_norm, "lr": lr}
+        return {"loss": loss_sum, "kl": div_sum, "grad_norm": grad_norm, "lr": lr}
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]

@@ -11,7 +11,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from ondistill.heads import HeadSpec, OutputHead
-from ondistill.losses import chunked_kd_loss, chunked_token_stats
+from ondistill.losses import (HiddenTeacher, ObjectiveSpec, TopKTeacher, chunked_loss,
+                              chunked_token_stats, discounted_advantages)
 
 
 class KDModel(nn.Module):
@@ -26,14 +27,32 @@ class KDModel(nn.Module):
         out = self.lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos)
         return out.last_hidden_state[:, start:start + width]
 
-    def forward(self, ids, mask, pos, start: int, teacher_hidden: torch.Tensor,
-                weights: torch.Tensor, divergence: str, temperature: float) -> torch.Tensor:
-        """Weighted sum of per-token divergences over the response positions (weights [b, R])."""
+    def forward(self, ids, mask, pos, start: int, teacher: dict[str, torch.Tensor],
+                weights: torch.Tensor, extras: dict[str, torch.Tensor], spec: ObjectiveSpec,
+                discount: float = 0.0) -> tuple[torch.Tensor, float]:
+        """(weighted sum of the per-token objective, weighted sum of the divergence) over the
+        response positions. teacher: {"hidden": [b, R, H]} or {"topk_ids", "topk_logprobs":
+        [b, R, k]}; weights and extras (targets, rollout_logprobs): [b, R]."""
         hidden = self._hidden(ids, mask, pos, start, weights.shape[1])
         keep = weights != 0
-        return chunked_kd_loss(hidden[keep], self.lm.get_output_embeddings().weight,
-                               teacher_hidden[keep], self.teacher_head, weights[keep],
-                               divergence, temperature, self.chunk_size, self.student_spec)
+        head_w = self.lm.get_output_embeddings().weight
+        h = hidden[keep]
+        ex = {k: v[keep] for k, v in extras.items()}
+        if "hidden" in teacher:
+            side = HiddenTeacher(teacher["hidden"][keep], self.teacher_head)
+        else:
+            side = TopKTeacher(teacher["topk_ids"][keep], teacher["topk_logprobs"][keep])
+        if spec.objective == "policy_gradient" and discount > 0:
+            # MiniLLM's future reward needs every token's reward first: one extra no-grad pass.
+            st = chunked_token_stats(h.detach(), head_w, side.hidden, self.teacher_head,
+                                     ex["targets"], (), self.chunk_size, self.student_spec)
+            reward = torch.zeros_like(weights)
+            reward[keep] = st["teacher_logprob"] - st["student_logprob"]
+            ex["advantages"] = discounted_advantages(reward, keep.float(), discount)[keep]
+        stats: dict = {}
+        loss = chunked_loss(h, head_w, side, weights[keep], spec, ex, self.chunk_size,
+                            self.student_spec, stats)
+        return loss, stats["divergence"]
 
     def stats(self, ids, mask, pos, start: int, targets: torch.Tensor, keep: torch.Tensor,
               teacher_hidden: torch.Tensor | None, divergences: tuple[str, ...]):

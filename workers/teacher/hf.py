@@ -6,6 +6,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import TeacherConfig
+from ondistill.heads import HeadSpec, OutputHead
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -20,11 +21,22 @@ class HFTeacher:
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
         self.decoder = lm.get_decoder()
+        self.topk = cfg.topk
+        if self.topk:  # a teacher that sends top-k must apply its own head
+            self.head = OutputHead(lm.get_output_embeddings().weight.detach(),
+                                   HeadSpec.from_config(lm.config.to_dict()))
 
     @torch.no_grad()
     def score(self, batch: TensorDict) -> TensorDict:
         B.check(batch, B.ROLLOUT, "teacher.score")
         ids, mask, pos = B.full_sequence(batch)
         hidden = self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-        batch.set(B.TEACHER_HIDDEN, hidden[:, B.response_positions(batch)].to(self.dtype))
-        return B.check(batch, B.SCORED, "teacher.score")
+        hidden = hidden[:, B.response_positions(batch)]
+        if not self.topk:
+            batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype))
+            return B.check(batch, B.SCORED, "teacher.score")
+        top = torch.log_softmax(self.head.logits(hidden.flatten(0, 1)), -1).topk(self.topk, -1)
+        shape = (*hidden.shape[:2], self.topk)
+        batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape))
+        batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape))
+        return B.check(batch, B.SCORED_TOPK, "teacher.score")

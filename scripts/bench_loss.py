@@ -1,0 +1,139 @@
+"""KD loss from hidden states: ours (chunked) vs naive (full [tokens, vocab] logits), same
+inputs, same run. Reports time (forward + backward), extra peak memory, and the floor set by
+the four output-head matmuls (student fwd, teacher fwd, grad wrt hidden, grad wrt head).
+
+    .venv/bin/python scripts/bench_loss.py --device cpu --tokens 2048 --hidden 2048
+    python scripts/bench_loss.py --device cuda --tokens 4096 8192 16384 --hidden 2048 4096
+
+Writes one JSON object per shape to stdout (and to --out if given).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from ondistill.heads import HeadSpec, OutputHead
+from ondistill.losses import HiddenTeacher, ObjectiveSpec, chunked_loss
+
+
+def naive_loss(hs, ws, ht, wt, weights, divergence):
+    from ondistill.divergences import DIVERGENCES, DivergenceParams
+
+    zs, zt = (hs @ ws.T).float(), (ht @ wt.T).float()
+    return (DIVERGENCES[divergence](zs, zt, DivergenceParams()) * weights).sum()
+
+
+def timed(fn, device, reps):
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_extra(fn, device, base_bytes):
+    """Peak memory above what the inputs already hold (CUDA: allocator stats; CPU: not
+    measured by the allocator, so reported as None)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base_bytes
+
+
+def bench(n, h, v, device, dtype, chunk, divergence, reps, fuse):
+    g = torch.Generator(device=device).manual_seed(0)
+    hs = (torch.randn(n, h, generator=g, device=device) * 1).to(dtype).requires_grad_()
+    ws = (torch.randn(v, h, generator=g, device=device) * 0.02).to(dtype).requires_grad_()
+    ht = torch.randn(n, h, generator=g, device=device).to(dtype)
+    wt = (torch.randn(v, h, generator=g, device=device) * 0.02).to(dtype)
+    weights = torch.full((n,), 1.0 / n, device=device)
+    head = OutputHead(wt, HeadSpec())
+    spec = ObjectiveSpec(divergence=divergence)
+
+    def ours():
+        hs.grad = ws.grad = None
+        chunked_loss(hs, ws, HiddenTeacher(ht, head), weights, spec, chunk_size=chunk,
+                     fuse=fuse).backward()
+
+    def naive():
+        hs.grad = ws.grad = None
+        naive_loss(hs, ws, ht, wt, weights, divergence).backward()
+
+    def floor():  # the head matmuls alone, at the same dtype
+        zs, zt = hs.detach() @ ws.detach().T, ht @ wt.T
+        zs @ ws.detach(), zt.T @ hs.detach()
+
+    for fn in (ours, naive, floor):  # warm-up
+        fn()
+    base = torch.cuda.memory_allocated() if device == "cuda" else 0
+    out = {"tokens": n, "hidden": h, "vocab": v, "dtype": str(dtype).removeprefix("torch."),
+           "chunk": chunk, "divergence": divergence, "fused": fuse and device == "cuda"}
+    # check agreement once
+    hs.grad = ws.grad = None
+    a = chunked_loss(hs, ws, HiddenTeacher(ht, head), weights, spec, chunk_size=chunk, fuse=fuse)
+    b = naive_loss(hs, ws, ht, wt, weights, divergence)
+    out["abs_diff_loss"] = abs(a.item() - b.item())
+    del a, b
+    for name, fn in (("ours", ours), ("naive", naive), ("floor", floor)):
+        out[f"{name}_s"] = timed(fn, device, reps)
+        out[f"{name}_peak_extra_bytes"] = peak_extra(fn, device, base)
+    flops = 8 * n * h * v
+    out["head_tflop"] = flops / 1e12
+    out["ours_over_floor"] = out["ours_s"] / out["floor_s"]
+    out["ours_over_naive_time"] = out["ours_s"] / out["naive_s"]
+    if device == "cuda":
+        out["ours_over_naive_memory"] = out["ours_peak_extra_bytes"] / out["naive_peak_extra_bytes"]
+        out["floor_tflops"] = flops / out["floor_s"] / 1e12
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[4096])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[2048])
+    ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--chunk", type=int, nargs="+", default=[0], help="0: 1024 on GPU, 512 on CPU")
+    ap.add_argument("--no-fuse", action="store_true", help="GPU: the eager reference path")
+    ap.add_argument("--divergence", default="reverse_kl")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    chunks = [c or (1024 if args.device == "cuda" else 512) for c in args.chunk]
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else \
+        f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    results = []
+    for h in args.hidden:
+        for n in args.tokens:
+            for chunk in chunks:
+                r = {"machine": machine, **bench(n, h, args.vocab, args.device, dtype, chunk,
+                                                 args.divergence, args.reps, not args.no_fuse)}
+                print(json.dumps(r), flush=True)
+                results.append(r)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
