@@ -91,15 +91,19 @@ class LossConfig:
 
 
 @dataclass
-class RunConfig:
+class TrainerConfig:
     steps: int = 30
     prompts_per_step: int = 8
     on_policy_fraction: float = 1.0  # GKD lambda: chance a batch is sampled by the student
     eval_every: int = 0  # 0: evaluate only before and after training
     eval_samples: int = 1
     seed: int = 0
-    output_dir: str = ""  # default: Hydra's run directory
+    output_dir: str = ""  # default: Hydra's run directory; give it to resume a run
     save_student: bool = True
+    checkpoint_every: int = 10  # steps; also at the end. 0: only at the end
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # auto: newest complete checkpoint in output_dir, if any | never | a path
+    max_restarts: int = 2  # times the workers are rebuilt from a checkpoint after a crash
 
 
 @dataclass
@@ -125,7 +129,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -163,9 +167,12 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "loss.pg_clip": (lambda v: v > 0, "> 0"),
     "teacher.topk": (lambda v: v >= 0, ">= 0 (0 sends hidden states)"),
     "loss.chunk_size": (lambda v: v >= 1, ">= 1"),
-    "run.steps": (lambda v: v >= 0, ">= 0"),
-    "run.prompts_per_step": (lambda v: v >= 1, ">= 1"),
-    "run.on_policy_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "trainer.steps": (lambda v: v >= 0, ">= 0"),
+    "trainer.prompts_per_step": (lambda v: v >= 1, ">= 1"),
+    "trainer.on_policy_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "trainer.checkpoint_every": (lambda v: v >= 0, ">= 0"),
+    "trainer.keep_checkpoints": (lambda v: v >= 1, ">= 1"),
+    "trainer.max_restarts": (lambda v: v >= 0, ">= 0"),
     "data.eval_size": (lambda v: v >= 0, ">= 0"),
     "data.max_prompt_tokens": (lambda v: v >= 1, ">= 1"),
 }
@@ -188,9 +195,9 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; it must be {must}.")
-    if cfg.loss.objective == "policy_gradient" and cfg.run.on_policy_fraction < 1:
+    if cfg.loss.objective == "policy_gradient" and cfg.trainer.on_policy_fraction < 1:
         raise ConfigError("loss.objective=policy_gradient needs on-policy batches only; set "
-                          "run.on_policy_fraction=1 or use loss.objective=divergence.")
+                          "trainer.on_policy_fraction=1 or use loss.objective=divergence.")
     if cfg.teacher.topk and (cfg.loss.objective != "divergence" or cfg.loss.temperature != 1):
         raise ConfigError("teacher.topk>0 supports loss.objective=divergence at "
                           "loss.temperature=1 only; set teacher.topk=0 to send hidden states.")

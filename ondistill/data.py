@@ -105,11 +105,18 @@ class PromptSet:
         if missing:
             raise DataError(f"{missing} of {len(self.train)} training rows have no 'response', "
                             f"but {why}; add responses to the data or set "
-                            "run.on_policy_fraction=1 (on-policy only).")
+                            "trainer.on_policy_fraction=1 (on-policy only).")
 
     def state(self) -> dict:
+        """Data position, JSON-safe: epoch, position in the epoch's order, shuffle RNG."""
+        rng = self.rng.getstate()
         return {"epoch": self.epoch, "position": self.position, "order": list(self.order),
-                "rng": self.rng.getstate()}
+                "rng": [rng[0], list(rng[1]), rng[2]]}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.position, self.order = state["epoch"], state["position"], state["order"]
+        rng = state["rng"]
+        self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
 
     def _shuffled(self) -> list[int]:
         order = list(range(len(self.train)))

@@ -42,7 +42,7 @@ def main(dcfg: DictConfig) -> None:
     from trainer.run import run
 
     cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-    out_dir = Path(cfg.run.output_dir or HydraConfig.get().runtime.output_dir)
+    out_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
     try:
         run(cfg, out_dir)
     except (ConfigError, DataError) as e:

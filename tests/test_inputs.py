@@ -16,7 +16,7 @@ from ondistill.models import resolve
     ("rollout.backend", "bogus", "rollout.backend='bogus' is not valid; choose one of: auto, hf, vllm"),
     ("loss.divergence", "l2", "loss.divergence='l2' is not valid"),
     ("rollout.temperature", 0.0, "rollout.temperature=0.0 is out of range; it must be > 0"),
-    ("run.on_policy_fraction", 1.5, "run.on_policy_fraction=1.5 is out of range"),
+    ("trainer.on_policy_fraction", 1.5, "trainer.on_policy_fraction=1.5 is out of range"),
 ])
 def test_bad_config_values(key, value, needle):
     cfg = Config()

@@ -26,8 +26,8 @@ def test_recipe_smoke_run(ray_local, tiny_dirs, prompts_file, tmp_path, recipe):
             "model.student_keep_layers=[]", f"model.cache_dir={tmp_path}",
             f"data.prompts={prompts_file}", "data.eval_size=4", "rollout.backend=hf",
             "rollout.max_new_tokens=8", "rollout.threads=1", "teacher.threads=1",
-            "student.threads=1", "run.steps=3", "run.prompts_per_step=2",
-            "run.save_student=false", "log.wandb=disabled", "log.progress=false"])
+            "student.threads=1", "trainer.steps=3", "trainer.prompts_per_step=2",
+            "trainer.save_student=false", "log.wandb=disabled", "log.progress=false"])
     cfg = OmegaConf.to_object(dcfg)
     results = run(cfg, tmp_path / "out")
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

@@ -20,10 +20,10 @@ def tiny_config(tiny_dirs, prompts_file, tmp_path, **run_overrides) -> Config:
         cfg.rollout.backend = "vllm"  # the default engine where vLLM is installed
     cfg.teacher.threads = 1
     cfg.student.lr, cfg.student.warmup_steps, cfg.student.threads = 3e-3, 0, 1
-    cfg.run.steps, cfg.run.prompts_per_step = 8, 4
+    cfg.trainer.steps, cfg.trainer.prompts_per_step = 8, 4
     cfg.log.wandb, cfg.log.progress = "disabled", False
     for key, value in run_overrides.items():
-        setattr(cfg.run, key, value)
+        setattr(cfg.trainer, key, value)
     return cfg
 
 
@@ -37,7 +37,7 @@ def test_tiny_run_lowers_divergence(ray_local, tiny_dirs, prompts_file, tmp_path
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
-    assert len(train) == cfg.run.steps
+    assert len(train) == cfg.trainer.steps
     assert all(r["time/generate"] >= 0 and r["time/train"] > 0 for r in train)
     on_policy = [r["on_policy"] for r in train]
     assert on_policy == [1.0] * 8 if fraction == 1 else (on_policy == [0.0] * 8 if fraction == 0

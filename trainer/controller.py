@@ -14,7 +14,7 @@ import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import RunConfig
+from ondistill.config import TrainerConfig
 from ondistill.data import PromptSet, collate_prompts, collate_responses
 
 
@@ -40,7 +40,7 @@ class DatasetRollout:
 
 @dataclass
 class Controller:
-    cfg: RunConfig
+    cfg: TrainerConfig
     prompts: PromptSet
     rollout: "object"  # workers.group.RolloutGroup
     dataset: DatasetRollout
@@ -52,14 +52,27 @@ class Controller:
         self.rng = random.Random(self.cfg.seed)  # GKD's per-batch on/off-policy coin
         self.updates = 0
 
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this controller is (JSON-safe)."""
+        return {"updates": self.updates, "rng": _jsonable(self.rng.getstate()),
+                "data": self.prompts.state()}
+
+    def load_state(self, state: dict) -> None:
+        self.updates = state["updates"]
+        self.rng.setstate(_tupled(state["rng"]))
+        self.prompts.load_state(state["data"])
+
     def step(self) -> dict[str, float]:
         timings: dict[str, float] = {}
         examples = self.prompts.next_examples(self.cfg.prompts_per_step)
         prompts = collate_prompts(examples, self.prompts.pad_id)
         on_policy = self.rng.random() < self.cfg.on_policy_fraction
+        # The sampling seed is a function of the step, so a resumed run samples what the
+        # uninterrupted run would have.
+        seed = self.cfg.seed * 1_000_003 + self.updates
         with timed(timings, "generate"):
             if on_policy:
-                batch = self.rollout.generate(prompts)
+                batch = self.rollout.generate(prompts, seed=seed)
             else:
                 batch = self.dataset.generate(prompts, [e.response_ids for e in examples])
         with timed(timings, "score"):
@@ -73,3 +86,11 @@ class Controller:
         step_time = sum(timings.values())
         return {**metrics, **timings, "on_policy": float(on_policy),
                 "tokens_per_s": metrics["response_tokens"] / step_time}
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x

@@ -11,10 +11,17 @@ from ondistill.config import LogConfig
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: Path, cfg: LogConfig, total_steps: int, config: dict[str, Any]):
+    def __init__(self, out_dir: Path, cfg: LogConfig, total_steps: int, config: dict[str, Any],
+                 history: list[dict] | None = None, start_step: int = 0):
+        """history: rows of a resumed run, up to its checkpoint; metrics.jsonl is rewritten
+        with them, so rows the crashed run logged after its checkpoint disappear."""
         self.out_dir, self.cfg = out_dir, cfg
         self.path = out_dir / "metrics.jsonl"
-        self.file = self.path.open("a") if cfg.jsonl else None
+        self.history: list[dict] = list(history or [])
+        self.file = self.path.open("w") if cfg.jsonl else None
+        if self.file:
+            self.file.writelines(json.dumps(row) + "\n" for row in self.history)
+            self.file.flush()
         self.wandb = None
         if cfg.wandb != "disabled":
             import wandb
@@ -26,10 +33,12 @@ class MetricsLogger:
         if cfg.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, desc="distill", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="distill", unit="step",
+                            dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
+        self.history.append(row)
         if self.file:
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()

@@ -1,5 +1,10 @@
 """Launch a distillation run explicitly, top to bottom: check inputs, resolve models, start
-Ray and the worker groups, evaluate, train, evaluate, save."""
+Ray and the worker groups, evaluate, train with checkpoints, evaluate, save.
+
+A crash of any worker (Ray actor death) rebuilds all worker groups and continues from the
+newest complete checkpoint, up to trainer.max_restarts times; a killed driver continues the
+same way when started again with the same trainer.output_dir (trainer.resume=auto).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -43,27 +48,27 @@ def check_tokenizers(teacher_dir: Path, student_dir: Path):
 def prepare(cfg: Config) -> tuple[Path, Path, PromptSet]:
     """Everything that can fail on bad input, before Ray or any engine starts."""
     validate(cfg)
-    if (cfg.run.prompts_per_step * cfg.rollout.n_samples) % cfg.student.world_size or \
-            cfg.run.prompts_per_step % cfg.student.world_size:
-        raise ConfigError(f"run.prompts_per_step={cfg.run.prompts_per_step} must be a multiple of "
+    tr = cfg.trainer
+    if (tr.prompts_per_step * cfg.rollout.n_samples) % cfg.student.world_size or \
+            tr.prompts_per_step % cfg.student.world_size:
+        raise ConfigError(f"trainer.prompts_per_step={tr.prompts_per_step} must be a multiple of "
                           f"student.world_size={cfg.student.world_size} (rows split evenly over ranks).")
     teacher_dir = resolve(cfg.model.teacher, cfg.model.cache_dir)
     student_dir = derive_student(resolve(cfg.model.student, cfg.model.cache_dir),
                                  list(cfg.model.student_keep_layers), cfg.model.cache_dir)
     tokenizer = check_tokenizers(teacher_dir, student_dir)
-    prompts = PromptSet(cfg.data, tokenizer, seed=cfg.run.seed)
-    if cfg.run.on_policy_fraction < 1:
-        prompts.require_responses(f"run.on_policy_fraction={cfg.run.on_policy_fraction} asks "
+    prompts = PromptSet(cfg.data, tokenizer, seed=tr.seed)
+    if tr.on_policy_fraction < 1:
+        prompts.require_responses(f"trainer.on_policy_fraction={tr.on_policy_fraction} asks "
                                   "for off-policy batches")
     return teacher_dir, student_dir, prompts
 
 
 def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
-    """Returns {"before": eval metrics, "after": eval metrics}."""
-    from trainer.controller import Controller, DatasetRollout
-    from trainer.evaluate import Evaluator
-    from trainer.metrics import MetricsLogger, plot
-    from workers.group import RolloutGroup, StudentGroup, TeacherGroup, init_ray
+    """Train; returns {"before": eval metrics, "after": eval metrics}."""
+    import ray
+
+    from workers.group import init_ray
 
     teacher_dir, student_dir, prompts = prepare(cfg)
     backend = pick_rollout_backend(cfg.rollout.backend)
@@ -71,47 +76,124 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     print(f"[ondistill] teacher {teacher_dir}\n[ondistill] student {student_dir}\n"
           f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "
-          f"ranks={cfg.student.world_size} steps={cfg.run.steps} out={out_dir}", flush=True)
-
+          f"ranks={cfg.student.world_size} steps={cfg.trainer.steps} out={out_dir}", flush=True)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    start = time.perf_counter()
-    rollout = RolloutGroup(backend, str(student_dir), cfg.rollout)
-    teacher = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher)
-    student = StudentGroup(cfg.student, cfg.loss, str(student_dir), str(teacher_dir),
-                           cfg.run.steps)
-    evaluator = None
-    if cfg.data.eval_size:
-        teacher_sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout)
-        evaluator = Evaluator(prompts, cfg.run.prompts_per_step, rollout, teacher, student,
-                              teacher_sampler)
-        teacher_sampler.kill()
-    controller = Controller(cfg.run, prompts, rollout,
-                            DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
-                            teacher, student, cfg.rollout.sync_every)
-    logger = MetricsLogger(out_dir, cfg.log, cfg.run.steps, dataclasses.asdict(cfg))
-    logger.write(f"[ondistill] workers up in {time.perf_counter() - start:.0f}s; "
-                 f"student has {student.num_params / 1e6:.1f}M parameters")
-    results: dict[str, dict[str, float]] = {}
-    if evaluator:
-        results["before"] = evaluator.run()
-        logger.log(0, results["before"])
-    for step in range(1, cfg.run.steps + 1):
-        logger.log(step, controller.step())
-        if evaluator and cfg.run.eval_every and step % cfg.run.eval_every == 0 \
-                and step != cfg.run.steps:
-            logger.log(step, evaluator.run())
-    if evaluator:
-        results["after"] = evaluator.run()
-        logger.log(cfg.run.steps, results["after"])
-    logger.close()
-    if cfg.run.save_student:
-        student.save_hf(str(out_dir / "student"))
-    if cfg.log.plot and cfg.log.jsonl:
-        plot(logger.path, out_dir / "curves.png")
-    print(summary(results, out_dir, time.perf_counter() - start), flush=True)
-    for group in (student, teacher, rollout):
-        group.kill()
-    return results
+    resume = cfg.trainer.resume
+    for attempt in range(cfg.trainer.max_restarts + 1):
+        session = Session(cfg, out_dir, teacher_dir, student_dir, prompts, backend)
+        try:
+            return session.train(resume)
+        except ray.exceptions.RayActorError as e:
+            session.close()
+            if attempt == cfg.trainer.max_restarts:
+                raise
+            print(f"[ondistill] a worker died ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                  f"restart {attempt + 1} of {cfg.trainer.max_restarts}: rebuilding workers "
+                  "from the newest checkpoint", flush=True)
+            resume = "auto"
+    raise AssertionError("unreachable")
+
+
+class Session:
+    """One set of worker groups, from (re)start to the end of training or a crash."""
+
+    def __init__(self, cfg: Config, out_dir: Path, teacher_dir: Path, student_dir: Path,
+                 prompts: PromptSet, backend: str):
+        from trainer.controller import Controller, DatasetRollout
+        from trainer.evaluate import Evaluator
+        from workers.group import RolloutGroup, StudentGroup, TeacherGroup
+
+        self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
+        start = time.perf_counter()
+        self.rollout = RolloutGroup(backend, str(student_dir), cfg.rollout)
+        self.teacher = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher)
+        self.student = StudentGroup(cfg.student, cfg.loss, str(student_dir), str(teacher_dir),
+                                    cfg.trainer.steps)
+        self.evaluator = None
+        if cfg.data.eval_size:
+            sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout)
+            self.evaluator = Evaluator(prompts, cfg.trainer.prompts_per_step, self.rollout,
+                                       self.teacher, self.student, sampler)
+            sampler.kill()
+        self.controller = Controller(cfg.trainer, prompts, self.rollout,
+                                     DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
+                                     self.teacher, self.student, cfg.rollout.sync_every)
+        self.startup_s = time.perf_counter() - start
+
+    def train(self, resume: str) -> dict[str, dict[str, float]]:
+        from trainer.metrics import MetricsLogger, plot
+
+        cfg, tr = self.cfg, self.cfg.trainer
+        results: dict[str, dict[str, float]] = {}
+        history: list[dict] = []
+        step = 0
+        ckpt = self._find_checkpoint(resume)
+        if ckpt:
+            step, results, history = self._restore(ckpt)
+        logger = MetricsLogger(self.out_dir, cfg.log, tr.steps, dataclasses.asdict(cfg),
+                               history=history, start_step=step)
+        logger.write(f"[ondistill] workers up in {self.startup_s:.0f}s; student has "
+                     f"{self.student.num_params / 1e6:.1f}M parameters"
+                     + (f"; resumed from {ckpt.name}" if ckpt else ""))
+        if self.evaluator and "before" not in results:
+            results["before"] = self.evaluator.run()
+            logger.log(0, results["before"])
+        start = time.perf_counter()
+        while step < tr.steps:
+            step += 1
+            logger.log(step, self.controller.step())
+            if self.evaluator and tr.eval_every and step % tr.eval_every == 0 and step != tr.steps:
+                logger.log(step, self.evaluator.run())
+            if step == tr.steps or (tr.checkpoint_every and step % tr.checkpoint_every == 0):
+                self._save(step, results, logger.history)
+        if self.evaluator:
+            results["after"] = self.evaluator.run()
+            logger.log(tr.steps, results["after"])
+        logger.close()
+        if tr.save_student:
+            self.student.save_hf(str(self.out_dir / "student"))
+        if cfg.log.plot and cfg.log.jsonl:
+            plot(logger.path, self.out_dir / "curves.png")
+        print(summary(results, self.out_dir, time.perf_counter() - start), flush=True)
+        self.close()
+        return results
+
+    def _find_checkpoint(self, resume: str) -> Path | None:
+        from trainer import checkpoint
+
+        if resume in ("", "never"):
+            return None
+        if resume == "auto":
+            return checkpoint.latest(self.ckpt_root)
+        path = Path(resume)
+        if not checkpoint.PATTERN.match(path.name) or not (path / "controller.json").exists():
+            raise ConfigError(f"trainer.resume={resume} is not a complete checkpoint directory "
+                              "(step_NNNNNN with controller.json); use trainer.resume=auto.")
+        return path
+
+    def _save(self, step: int, results: dict, history: list[dict]) -> None:
+        from trainer import checkpoint
+
+        tmp, final = checkpoint.begin(self.ckpt_root, step)
+        self.student.save(str(tmp))
+        checkpoint.write_json(tmp / "controller.json", {
+            "step": step, "controller": self.controller.state(), "results": results,
+            "history": history})
+        checkpoint.commit(tmp, final, self.cfg.trainer.keep_checkpoints)
+
+    def _restore(self, ckpt: Path) -> tuple[int, dict, list[dict]]:
+        state = json.loads((ckpt / "controller.json").read_text())
+        self.student.load(str(ckpt))
+        self.student.push_weights(self.rollout)  # the engine must sample from these weights
+        self.controller.load_state(state["controller"])
+        return state["step"], state["results"], state["history"]
+
+    def close(self) -> None:
+        for group in (self.student, self.teacher, self.rollout):
+            try:
+                group.kill()
+            except Exception:  # already gone: nothing to stop
+                pass
 
 
 def summary(results: dict[str, dict[str, float]], out_dir: Path, seconds: float) -> str:

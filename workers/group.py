@@ -32,7 +32,7 @@ class RolloutGroup:
         return [self.actor]
 
     def kill(self) -> None:
-        ray.kill(self.actor)
+        ray.kill(self.actor)  # also fine if it already died
 
 
 class TeacherGroup:
@@ -44,7 +44,7 @@ class TeacherGroup:
         return ray.get(self.actor.score.remote(batch))
 
     def kill(self) -> None:
-        ray.kill(self.actor)
+        ray.kill(self.actor)  # also fine if it already died
 
 
 class StudentGroup:
@@ -94,8 +94,14 @@ class StudentGroup:
     def save_hf(self, path: str) -> None:
         ray.get([a.save_hf.remote(path, self.student_dir) for a in self.actors])
 
+    def save(self, path: str) -> None:
+        ray.get([a.save.remote(path) for a in self.actors])
+
+    def load(self, path: str) -> None:
+        ray.get([a.load.remote(path) for a in self.actors])
+
     def kill(self) -> None:
-        ray.get([a.shutdown.remote() for a in self.actors])
+        """Stop every rank; tolerant of ranks that already died."""
         for a in self.actors:
             ray.kill(a)
 

@@ -179,6 +179,31 @@ class StudentWorker:
             AutoTokenizer.from_pretrained(student_dir).save_pretrained(path)
         dist.barrier()
 
+    def save(self, path: str) -> None:
+        """Sharded model + optimizer state (torch.distributed.checkpoint, every rank writes
+        its shards) plus LR schedule and RNG states. All ranks must call it."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=f"{path}/student")
+        torch.save({"scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()},
+                   f"{path}/student_extra_rank{self.rank}.pt")
+        dist.barrier()
+
+    def load(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=f"{path}/student")
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        extra = torch.load(f"{path}/student_extra_rank{self.rank}.pt", weights_only=False)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"])
+
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
