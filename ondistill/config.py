@@ -116,9 +116,22 @@ class LogConfig:
 
 
 @dataclass
+class Placement:
+    """What one actor of a role asks Ray for. `resources` holds custom Ray resources, e.g. a
+    label given to a node with `ray start --resources='{"teacher_node": 1}'`."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
-    num_cpus: int = 0  # local Ray only; 0 lets Ray count the cores
+    num_cpus: int = 0  # local Ray only; 0: at least 8 placement tokens
+    rollout: Placement = field(default_factory=Placement)
+    teacher: Placement = field(default_factory=Placement)
+    student: Placement = field(default_factory=Placement)  # per FSDP rank
 
 
 @dataclass

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from ondistill.config import Config, ConfigError, validate
+from ondistill.config import Config, ConfigError, Placement, validate
 from ondistill.data import PromptSet
 from ondistill.models import derive_student, resolve
 
@@ -68,7 +68,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     """Train; returns {"before": eval metrics, "after": eval metrics}."""
     import ray
 
-    from workers.group import init_ray
+    from workers.group import check_resources, init_ray
 
     teacher_dir, student_dir, prompts = prepare(cfg)
     backend = pick_rollout_backend(cfg.rollout.backend)
@@ -78,6 +78,8 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
           f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "
           f"ranks={cfg.student.world_size} steps={cfg.trainer.steps} out={out_dir}", flush=True)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    check_resources({"rollout": (cfg.ray.rollout, 1), "teacher": (cfg.ray.teacher, 1),
+                     "student": (cfg.ray.student, cfg.student.world_size)})
     resume = cfg.trainer.resume
     for attempt in range(cfg.trainer.max_restarts + 1):
         session = Session(cfg, out_dir, teacher_dir, student_dir, prompts, backend)
@@ -101,17 +103,23 @@ class Session:
                  prompts: PromptSet, backend: str):
         from trainer.controller import Controller, DatasetRollout
         from trainer.evaluate import Evaluator
-        from workers.group import RolloutGroup, StudentGroup, TeacherGroup
+        from workers.group import RolloutGroup, StudentGroup, TeacherGroup, node_of
 
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
         start = time.perf_counter()
-        self.rollout = RolloutGroup(backend, str(student_dir), cfg.rollout)
-        self.teacher = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher)
+        self.rollout = RolloutGroup(backend, str(student_dir), cfg.rollout, cfg.ray.rollout)
+        self.teacher = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher,
+                                    cfg.ray.teacher)
         self.student = StudentGroup(cfg.student, cfg.loss, str(student_dir), str(teacher_dir),
-                                    cfg.trainer.steps)
+                                    cfg.trainer.steps, cfg.ray.student)
+        print("[ondistill] placement (Ray node ids): rollout " + node_of(self.rollout.actor)
+              + " teacher " + node_of(self.teacher.actor) + " student "
+              + ",".join(node_of(a) for a in self.student.actors), flush=True)
         self.evaluator = None
         if cfg.data.eval_size:
-            sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout)
+            # The teacher's own samples, drawn once by a short-lived engine that asks for
+            # nothing, so it never waits for the resources the long-lived roles hold.
+            sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout, Placement(cpus=0))
             self.evaluator = Evaluator(prompts, cfg.trainer.prompts_per_step, self.rollout,
                                        self.teacher, self.student, sampler)
             sampler.kill()

@@ -12,16 +12,45 @@ import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import LossConfig, RolloutConfig, StudentConfig, TeacherConfig
+from ondistill.config import (ConfigError, LossConfig, Placement, RolloutConfig, StudentConfig,
+                              TeacherConfig)
 from workers.engines import ROLLOUT_BACKENDS, TEACHER_BACKENDS, load_class
+
+
+def _remote(cls: type, place: Placement):
+    return ray.remote(num_cpus=place.cpus, num_gpus=place.gpus,
+                      resources=dict(place.resources) or None)(cls)
+
+
+def node_of(actor) -> str:
+    """The Ray node id an actor runs on (works for any actor class)."""
+    return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+
+
+def check_resources(requests: dict[str, tuple[Placement, int]]) -> None:
+    """Fail before any actor starts if the cluster cannot hold what the roles ask for.
+    requests: role -> (placement per actor, number of actors)."""
+    have = ray.cluster_resources()
+    need: dict[str, float] = {}
+    for place, count in requests.values():
+        for key, amount in (("CPU", place.cpus), ("GPU", place.gpus), *place.resources.items()):
+            need[key] = need.get(key, 0.0) + amount * count
+    for key, amount in need.items():
+        if amount > have.get(key, 0.0) + 1e-9:
+            roles = ", ".join(f"{r} x{n}" for r, (p, n) in requests.items()
+                              if key in ("CPU", "GPU") or key in p.resources)
+            raise ConfigError(f"the roles ({roles}) ask Ray for {amount:g} {key} but the cluster "
+                              f"has {have.get(key, 0.0):g}; lower student.world_size or the "
+                              f"ray.<role> placement, or add nodes with that resource.")
 
 
 class RolloutGroup:
     """One rollout engine actor (replicas are a later extension of the same interface)."""
 
-    def __init__(self, backend: str, model_dir: str, cfg: RolloutConfig):
+    def __init__(self, backend: str, model_dir: str, cfg: RolloutConfig,
+                 place: Placement | None = None):
         cls = load_class(ROLLOUT_BACKENDS, backend)
-        self.actor = ray.remote(num_cpus=1)(cls).remote(model_dir, cfg)
+        self.actor = _remote(cls, place or Placement()).remote(model_dir, cfg)
         self.backend = backend
 
     def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
@@ -36,9 +65,10 @@ class RolloutGroup:
 
 
 class TeacherGroup:
-    def __init__(self, backend: str, model_dir: str, cfg: TeacherConfig):
+    def __init__(self, backend: str, model_dir: str, cfg: TeacherConfig,
+                 place: Placement | None = None):
         cls = load_class(TEACHER_BACKENDS, backend)
-        self.actor = ray.remote(num_cpus=1)(cls).remote(model_dir, cfg)
+        self.actor = _remote(cls, place or Placement()).remote(model_dir, cfg)
 
     def score(self, batch: TensorDict) -> TensorDict:
         return ray.get(self.actor.score.remote(batch))
@@ -51,12 +81,12 @@ class StudentGroup:
     """world_size FSDP2 ranks. Rows of a batch are split evenly over ranks."""
 
     def __init__(self, cfg: StudentConfig, loss: LossConfig, student_dir: str,
-                 teacher_dir: str | None, total_steps: int):
+                 teacher_dir: str | None, total_steps: int, place: Placement | None = None):
         from workers.student.fsdp import StudentWorker
 
         self.world_size, self.student_dir = cfg.world_size, student_dir
-        self.actors = [ray.remote(num_cpus=1)(StudentWorker).remote(r, cfg.world_size, cfg, loss)
-                       for r in range(cfg.world_size)]
+        cls = _remote(StudentWorker, place or Placement())
+        self.actors = [cls.remote(r, cfg.world_size, cfg, loss) for r in range(cfg.world_size)]
         master = ray.get(self.actors[0].address.remote())
         counts = ray.get([a.setup.remote(master, student_dir, teacher_dir, total_steps)
                           for a in self.actors])

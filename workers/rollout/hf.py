@@ -27,7 +27,11 @@ class HFRollout:
 
         torch.set_num_threads(max(1, cfg.threads))
         self.cfg = cfg
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        # Ray hides GPUs from actors that did not ask for one, so this is the placement's choice.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        ).to(self.device).eval()
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.model.config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | set(cfg.stop_token_ids)
@@ -49,10 +53,10 @@ class HFRollout:
             seed, self.calls = self.cfg.seed * 1_000_003 + self.calls, self.calls + 1
         torch.manual_seed(seed)
         out = self.model.generate(
-            input_ids=td[B.PROMPT_IDS], attention_mask=td[B.PROMPT_MASK].long(),
-            generation_config=self.gen_cfg)
-        resp = out.sequences[:, td[B.PROMPT_IDS].shape[1]:]
-        logits = torch.stack(out.logits, dim=1).float()  # [B, R, V], before any warping
+            input_ids=td[B.PROMPT_IDS].to(self.device),
+            attention_mask=td[B.PROMPT_MASK].long().to(self.device), generation_config=self.gen_cfg)
+        resp = out.sequences[:, td[B.PROMPT_IDS].shape[1]:].cpu()
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # [B, R, V], before any warping
         logprobs = torch.log_softmax(logits, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
         mask = response_mask(resp, set() if self.cfg.ignore_eos else self.eos_ids)
         td.set(B.RESPONSE_IDS, resp.masked_fill(~mask, self.pad_id))

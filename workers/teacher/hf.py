@@ -17,7 +17,8 @@ class HFTeacher:
 
         torch.set_num_threads(max(1, cfg.threads))
         self.dtype = DTYPES[cfg.dtype]
-        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
         self.decoder = lm.get_decoder()
@@ -30,13 +31,14 @@ class HFTeacher:
     def score(self, batch: TensorDict) -> TensorDict:
         B.check(batch, B.ROLLOUT, "teacher.score")
         ids, mask, pos = B.full_sequence(batch)
-        hidden = self.decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+        hidden = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                              position_ids=pos.to(self.device)).last_hidden_state
         hidden = hidden[:, B.response_positions(batch)]
         if not self.topk:
-            batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype))
+            batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
             return B.check(batch, B.SCORED, "teacher.score")
         top = torch.log_softmax(self.head.logits(hidden.flatten(0, 1)), -1).topk(self.topk, -1)
         shape = (*hidden.shape[:2], self.topk)
-        batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape))
-        batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape))
+        batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape).cpu())
+        batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape).cpu())
         return B.check(batch, B.SCORED_TOPK, "teacher.score")
