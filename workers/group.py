@@ -73,8 +73,15 @@ class TeacherGroup:
     def score(self, batch: TensorDict) -> TensorDict:
         return ray.get(self.actor.score.remote(batch))
 
+    def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+        ray.get(self.actor.update_weights.remote(named_tensors))
+
     def kill(self) -> None:
-        ray.kill(self.actor)  # also fine if it already died
+        try:  # engines with server processes of their own stop them first
+            ray.get(self.actor.shutdown.remote(), timeout=30)
+        except Exception:
+            pass  # already dead, or hung: the kill below ends the actor either way
+        ray.kill(self.actor)
 
 
 class StudentGroup:
@@ -142,8 +149,9 @@ def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
-    # Actors' model-loading progress bars would interleave with the driver's step bar.
+    # Engine logs and model-loading bars from actors would bury the driver's step bar.
     env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     kwargs.setdefault("runtime_env", {"env_vars": env})
     if address:

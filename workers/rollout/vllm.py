@@ -24,8 +24,6 @@ class VLLMRollout:
         # In-process engine: one process, no second copy of the model, starts in seconds.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; else it claims most RAM
-        # vLLM CPU drops torch to 1 thread for serving unless OMP_NUM_THREADS says otherwise.
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cfg.threads)))
         try:
             from vllm import LLM
         except ImportError as e:

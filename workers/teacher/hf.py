@@ -42,3 +42,6 @@ class HFTeacher:
         batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape).cpu())
         batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape).cpu())
         return B.check(batch, B.SCORED_TOPK, "teacher.score")
+
+    def shutdown(self) -> None:
+        pass  # nothing runs outside this process
