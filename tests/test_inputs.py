@@ -93,3 +93,19 @@ def test_cli_prints_config_and_rejects_bad_keys_before_work():
     assert "rollout.backend='bogus' is not valid; choose one of: auto, hf, vllm" in bad.stderr
     missing = _cli("model.teacher=/nonexistent")
     assert "model path '/nonexistent' has no config.json" in missing.stderr
+
+
+def test_mismatched_tokenizers_are_refused_before_any_model_loads(tmp_path, tiny_dirs):
+    import shutil
+
+    from trainer.run import check_tokenizers
+
+    other = tmp_path / "other-student"
+    shutil.copytree(tiny_dirs[1], other)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<only-in-the-student>"])
+    tok.save_pretrained(other)
+    with pytest.raises(ConfigError, match="tokenize differently; pick a student with the "
+                                          "teacher's tokenizer"):
+        check_tokenizers(tiny_dirs[0], other)
+    assert check_tokenizers(tiny_dirs[0], tiny_dirs[1]) is not None
