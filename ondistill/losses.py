@@ -72,7 +72,8 @@ class TopKTeacher:
 
     @staticmethod
     def views(z_s: torch.Tensor, chunk: dict[str, torch.Tensor], temperature: float, spec: None):
-        return bucketed(F.log_softmax(z_s, -1), chunk["ids"]), bucketed_teacher(chunk["logprobs"])
+        student_top = F.log_softmax(z_s, -1).gather(-1, chunk["ids"])
+        return with_tail(student_top), with_tail(chunk["logprobs"])
 
     def captured_mass(self) -> torch.Tensor:
         return self.logprobs.exp().sum(-1)  # [N]
@@ -84,13 +85,8 @@ def _log_tail(log_in: torch.Tensor) -> torch.Tensor:
     return (1 - log_in.exp().sum(-1, keepdim=True)).clamp_min(1e-30).log()
 
 
-def bucketed(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """[c, V] log-probs -> [c, k + 1]: the k ids' log-probs, then the log of the rest."""
-    top = log_probs.gather(-1, ids)
-    return torch.cat([top, _log_tail(top)], -1)
-
-
-def bucketed_teacher(top: torch.Tensor) -> torch.Tensor:
+def with_tail(top: torch.Tensor) -> torch.Tensor:
+    """[c, k] log-probs of k tokens -> [c, k + 1]: those, then the log of the rest's mass."""
     return torch.cat([top, _log_tail(top)], -1)
 
 

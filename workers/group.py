@@ -160,4 +160,4 @@ def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
         # Actors ask for 1 CPU each as a placement token; locally that must not exceed the
         # count Ray believes in, so give it at least 8 (threads are set per actor).
         ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=True, **kwargs)
+                 **kwargs)

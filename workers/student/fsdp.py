@@ -203,7 +203,3 @@ class StudentWorker:
         extra = torch.load(f"{path}/student_extra_rank{self.rank}.pt", weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])
-
-    def shutdown(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
