@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ondistill.divergences import DIVERGENCES
+from ondistill.xtok import METHODS as CROSS_TOKENIZER_METHODS
 
 BUILTIN_TEACHER = "builtin:smollm2-135m-instruct"
 
@@ -58,6 +59,7 @@ class TeacherConfig:
     dtype: str = "float32"
     topk: int = 0  # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket
     threads: int = 2
+    micro_batch_size: int = 0  # hf: sequences per forward (bounds activation memory); 0 = all
 
 
 @dataclass
@@ -76,7 +78,9 @@ class StudentConfig:
 
 @dataclass
 class LossConfig:
-    objective: str = "divergence"  # divergence | policy_gradient (MiniLLM-style on-policy RKL)
+    # divergence | policy_gradient (MiniLLM-style on-policy RKL) | sft (ce_coef x cross-entropy
+    # only: plain fine-tuning, the baseline)
+    objective: str = "divergence"
     divergence: str = "reverse_kl"  # see ondistill/divergences/
     jsd_beta: float = 0.5  # jsd: 0 is forward KL, 1 reverse KL
     skew_alpha: float = 0.1  # skew_forward_kl / skew_reverse_kl
@@ -88,6 +92,10 @@ class LossConfig:
     # token: mean over all response tokens of the batch; sequence: mean of per-sequence means
     reduction: str = "token"
     chunk_size: int = 512  # tokens per chunk: extra memory is O(chunk_size x vocab)
+    # Teacher with another tokenizer (ondistill/xtok/): none (same tokenizer required) |
+    # exact (divergence on the shared vocabulary + tail at aligned positions) | uld (sorted
+    # probabilities, any vocabularies) | span (chunk likelihoods, spans merged)
+    cross_tokenizer: str = "none"
 
 
 @dataclass
@@ -100,7 +108,7 @@ class TrainerConfig:
     seed: int = 0
     output_dir: str = ""  # default: Hydra's run directory; give it to resume a run
     save_student: bool = True
-    checkpoint_every: int = 10  # steps; also at the end. 0: only at the end
+    checkpoint_every: int = 10  # steps; also at the end. 0: only at the end; -1: never
     keep_checkpoints: int = 2
     resume: str = "auto"  # auto: newest complete checkpoint in output_dir, if any | never | a path
     max_restarts: int = 2  # times the workers are rebuilt from a checkpoint after a crash
@@ -153,7 +161,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher.dtype": ("float32", "bfloat16", "float16"),
     "student.schedule": ("cosine", "linear", "constant"),
     "student.param_dtype": ("float32", "bfloat16"),
-    "loss.objective": ("divergence", "policy_gradient"),
+    "loss.objective": ("divergence", "policy_gradient", "sft"),
+    "loss.cross_tokenizer": CROSS_TOKENIZER_METHODS,
     "loss.divergence": tuple(DIVERGENCES),
     "loss.reduction": ("token", "sequence"),
     "data.bad_rows": ("error", "skip"),
@@ -170,6 +179,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "student.world_size": (lambda v: v >= 1, ">= 1"),
     "student.lr": (lambda v: v > 0, "> 0"),
     "student.micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "teacher.micro_batch_size": (lambda v: v >= 0, ">= 0 (0 scores the whole batch at once)"),
     "student.grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
     "loss.temperature": (lambda v: v > 0, "> 0"),
     "loss.jsd_beta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -183,7 +193,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "trainer.steps": (lambda v: v >= 0, ">= 0"),
     "trainer.prompts_per_step": (lambda v: v >= 1, ">= 1"),
     "trainer.on_policy_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "trainer.checkpoint_every": (lambda v: v >= 0, ">= 0"),
+    "trainer.checkpoint_every": (lambda v: v >= -1, ">= 0, or -1 for no checkpoints"),
     "trainer.keep_checkpoints": (lambda v: v >= 1, ">= 1"),
     "trainer.max_restarts": (lambda v: v >= 0, ">= 0"),
     "data.eval_size": (lambda v: v >= 0, ">= 0"),
@@ -214,10 +224,30 @@ def validate(cfg: Config) -> Config:
     if cfg.teacher.topk and (cfg.loss.objective != "divergence" or cfg.loss.temperature != 1):
         raise ConfigError("teacher.topk>0 supports loss.objective=divergence at "
                           "loss.temperature=1 only; set teacher.topk=0 to send hidden states.")
+    _validate_cross_tokenizer(cfg)
+    if cfg.loss.objective == "sft" and not cfg.loss.ce_coef:
+        raise ConfigError("loss.objective=sft trains on cross-entropy alone; set loss.ce_coef>0 "
+                          "(e.g. loss.ce_coef=1).")
     if len(set(cfg.model.student_keep_layers)) != len(cfg.model.student_keep_layers):
         raise ConfigError(f"model.student_keep_layers={list(cfg.model.student_keep_layers)} "
                           "repeats a layer; list each kept layer index once.")
     return cfg
+
+
+def _validate_cross_tokenizer(cfg: Config) -> None:
+    method, loss = cfg.loss.cross_tokenizer, cfg.loss
+    if method == "none":
+        return
+    if loss.objective == "policy_gradient":
+        raise ConfigError(f"loss.cross_tokenizer={method} works with loss.objective=divergence "
+                          "(or sft); policy_gradient needs the teacher's log-prob of each "
+                          "student token, which another tokenizer does not give.")
+    if cfg.teacher.topk:
+        raise ConfigError(f"loss.cross_tokenizer={method} needs the teacher's hidden states; "
+                          "set teacher.topk=0.")
+    if method == "span" and loss.temperature != 1:
+        raise ConfigError("loss.cross_tokenizer=span compares chunk likelihoods at temperature "
+                          "1; set loss.temperature=1 or use exact/uld.")
 
 
 def register() -> None:

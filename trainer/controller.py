@@ -1,4 +1,4 @@
-"""The single controller: one step = generate -> score -> train_step -> push weights.
+"""The single controller: one step = [push weights] -> generate -> score -> train_step.
 
 A new dataflow (async, overlapped) subclasses Controller and overrides `step()`.
 """
@@ -51,6 +51,14 @@ class Controller:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.cfg.seed)  # GKD's per-batch on/off-policy coin
         self.updates = 0
+        self.synced = 0  # the update the rollout engine's weights come from
+
+    def sync(self, lag: int = 1) -> None:
+        """Push the student's weights to the rollout engine if they are `lag` or more updates
+        ahead. Lazy, so off-policy steps (SeqKD, GKD's dataset batches) never pay for it."""
+        if self.updates - self.synced >= lag:
+            self.student.push_weights(self.rollout)
+            self.synced = self.updates
 
     def state(self) -> dict:
         """Everything needed to continue exactly where this controller is (JSON-safe)."""
@@ -59,20 +67,25 @@ class Controller:
 
     def load_state(self, state: dict) -> None:
         self.updates = state["updates"]
+        self.synced = self.updates  # the restoring session pushed the checkpoint's weights
         self.rng.setstate(_tupled(state["rng"]))
         self.prompts.load_state(state["data"])
 
     def step(self) -> dict[str, float]:
         timings: dict[str, float] = {}
         examples = self.prompts.next_examples(self.cfg.prompts_per_step)
-        prompts = collate_prompts(examples, self.prompts.pad_id)
+        prompts = collate_prompts(examples, self.prompts.pad_id, self.prompts.teacher_pad_id)
         on_policy = self.rng.random() < self.cfg.on_policy_fraction
         # The sampling seed is a function of the step, so a resumed run samples what the
         # uninterrupted run would have.
         seed = self.cfg.seed * 1_000_003 + self.updates
+        with timed(timings, "sync"):
+            if on_policy:
+                self.sync(self.sync_every)
         with timed(timings, "generate"):
             if on_policy:
                 batch = self.rollout.generate(prompts, seed=seed)
+                self.rollout.sleep()  # on a shared GPU: room for the teacher and student
             else:
                 batch = self.dataset.generate(prompts, [e.response_ids for e in examples])
         with timed(timings, "score"):
@@ -80,9 +93,6 @@ class Controller:
         with timed(timings, "train"):
             metrics = self.student.train_step(batch)
         self.updates += 1
-        with timed(timings, "sync"):
-            if self.updates % self.sync_every == 0:
-                self.student.push_weights(self.rollout)
         step_time = sum(timings.values())
         return {**metrics, **timings, "on_policy": float(on_policy),
                 "tokens_per_s": metrics["response_tokens"] / step_time}

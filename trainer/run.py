@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from ondistill.config import Config, ConfigError, Placement, validate
@@ -33,16 +34,30 @@ def pick_rollout_backend(name: str) -> str:
     return name
 
 
-def check_tokenizers(teacher_dir: Path, student_dir: Path):
-    """Same-vocabulary KD needs identical tokenizers; say so before any model loads."""
+def check_tokenizers(teacher_dir: Path, student_dir: Path, cross_tokenizer: str = "none"):
+    """(student tokenizer, teacher tokenizer or None). Same-vocabulary KD needs identical
+    tokenizers, cross-tokenizer KD different ones; say which before any model loads."""
     from transformers import AutoTokenizer
 
+    from ondistill.xtok import METHODS
+
     t, s = AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir)
-    if t.get_vocab() != s.get_vocab():
+    same = t.get_vocab() == s.get_vocab()
+    if not same and cross_tokenizer == "none":
         raise ConfigError(f"teacher ({teacher_dir.name}, {len(t)} tokens) and student "
                           f"({student_dir.name}, {len(s)} tokens) tokenize differently; pick a "
-                          "student with the teacher's tokenizer (cross-tokenizer KD is not built yet).")
-    return s
+                          "student with the teacher's tokenizer, or choose a cross-tokenizer "
+                          f"method: loss.cross_tokenizer={'|'.join(m for m in METHODS if m != 'none')}"
+                          " (e.g. loss.cross_tokenizer=exact).")
+    if cross_tokenizer == "none":
+        return s, None
+    from ondistill.xtok.vocab import scheme
+
+    try:
+        scheme(s), scheme(t)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return s, t
 
 
 def prepare(cfg: Config) -> tuple[Path, Path, PromptSet]:
@@ -56,8 +71,9 @@ def prepare(cfg: Config) -> tuple[Path, Path, PromptSet]:
     teacher_dir = resolve(cfg.model.teacher, cfg.model.cache_dir)
     student_dir = derive_student(resolve(cfg.model.student, cfg.model.cache_dir),
                                  list(cfg.model.student_keep_layers), cfg.model.cache_dir)
-    tokenizer = check_tokenizers(teacher_dir, student_dir)
-    prompts = PromptSet(cfg.data, tokenizer, seed=tr.seed)
+    tokenizer, teacher_tokenizer = check_tokenizers(teacher_dir, student_dir,
+                                                    cfg.loss.cross_tokenizer)
+    prompts = PromptSet(cfg.data, tokenizer, seed=tr.seed, teacher_tokenizer=teacher_tokenizer)
     if tr.on_policy_fraction < 1:
         prompts.require_responses(f"trainer.on_policy_fraction={tr.on_policy_fraction} asks "
                                   "for off-policy batches")
@@ -102,7 +118,7 @@ class Session:
     def __init__(self, cfg: Config, out_dir: Path, teacher_dir: Path, student_dir: Path,
                  prompts: PromptSet, backend: str):
         from trainer.controller import Controller, DatasetRollout
-        from trainer.evaluate import Evaluator
+        from trainer.evaluate import CrossTokenizerEvaluator, Evaluator
         from workers.group import RolloutGroup, StudentGroup, TeacherGroup, node_of
 
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
@@ -110,6 +126,13 @@ class Session:
         self.rollout = RolloutGroup(backend, str(student_dir), cfg.rollout, cfg.ray.rollout)
         self.teacher = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher,
                                     cfg.ray.teacher)
+        translator = None
+        if prompts.teacher_tokenizer is not None:  # cross-tokenizer: the teacher reads text
+            from ondistill.xtok.translate import Translator
+            from workers.group import CrossTokenizerTeacher
+
+            translator = Translator(prompts.tokenizer, prompts.teacher_tokenizer)
+            self.teacher = CrossTokenizerTeacher(self.teacher, translator)
         self.student = StudentGroup(cfg.student, cfg.loss, str(student_dir), str(teacher_dir),
                                     cfg.trainer.steps, cfg.ray.student)
         print("[ondistill] placement (Ray node ids): rollout " + node_of(self.rollout.actor)
@@ -120,8 +143,10 @@ class Session:
             # The teacher's own samples, drawn once by a short-lived engine that asks for
             # nothing, so it never waits for the resources the long-lived roles hold.
             sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout, Placement(cpus=0))
-            self.evaluator = Evaluator(prompts, cfg.trainer.prompts_per_step, self.rollout,
-                                       self.teacher, self.student, sampler)
+            kind = Evaluator if translator is None else partial(CrossTokenizerEvaluator,
+                                                                translator=translator)
+            self.evaluator = kind(prompts, cfg.trainer.prompts_per_step, self.rollout,
+                                  self.teacher, self.student, sampler)
             sampler.kill()
         self.controller = Controller(cfg.trainer, prompts, self.rollout,
                                      DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
@@ -151,10 +176,13 @@ class Session:
             step += 1
             logger.log(step, self.controller.step())
             if self.evaluator and tr.eval_every and step % tr.eval_every == 0 and step != tr.steps:
+                self.controller.sync()  # evaluation samples from the current student
                 logger.log(step, self.evaluator.run())
-            if step == tr.steps or (tr.checkpoint_every and step % tr.checkpoint_every == 0):
+            every = tr.checkpoint_every
+            if every >= 0 and (step == tr.steps or (every and step % every == 0)):
                 self._save(step, results, logger.history)
         if self.evaluator:
+            self.controller.sync()
             results["after"] = self.evaluator.run()
             logger.log(tr.steps, results["after"])
         logger.close()

@@ -50,11 +50,20 @@ class RolloutGroup:
     def __init__(self, backend: str, model_dir: str, cfg: RolloutConfig,
                  place: Placement | None = None):
         cls = load_class(ROLLOUT_BACKENDS, backend)
-        self.actor = _remote(cls, place or Placement()).remote(model_dir, cfg)
+        place = place or Placement()
+        self.actor = _remote(cls, place).remote(model_dir, cfg)
         self.backend = backend
+        if place.gpus:
+            # vLLM sizes its KV cache from the GPU memory it sees free while it starts: let it
+            # finish before the teacher and student allocate on a shared card.
+            ray.get(self.actor.__ray_call__.remote(lambda actor: None))
 
     def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
         return ray.get(self.actor.generate.remote(prompts, seed))
+
+    def sleep(self) -> None:
+        """Let the engine free its accelerator memory until it is next used (no-op on CPU)."""
+        ray.get(self.actor.sleep.remote())
 
     @property
     def handles(self) -> list:
@@ -82,6 +91,23 @@ class TeacherGroup:
         except Exception:
             pass  # already dead, or hung: the kill below ends the actor either way
         ray.kill(self.actor)
+
+
+class CrossTokenizerTeacher:
+    """A TeacherGroup behind a tokenizer translation (ondistill/xtok/translate.py): scores
+    student batches by re-tokenizing their text for the teacher, and returns the teacher's
+    hidden states in its own positions plus the alignment (B.SCORED_XT keys)."""
+
+    def __init__(self, group: TeacherGroup, translator):
+        self.group, self.translator = group, translator
+        self.actor = group.actor
+
+    def score(self, batch: TensorDict) -> TensorDict:
+        teacher_batch, s_chunk, t_chunk = self.translator.to_teacher(batch)
+        return self.translator.merge(batch, self.group.score(teacher_batch), s_chunk, t_chunk)
+
+    def kill(self) -> None:
+        self.group.kill()
 
 
 class StudentGroup:
@@ -113,7 +139,14 @@ class StudentGroup:
                            for a, s in zip(self.actors, self._split(batch))])
         metrics = {"loss": sum(r["loss"] for r in results), "kl": sum(r["kl"] for r in results),
                    "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"],
+                   **({"alloc_retries": results[0]["alloc_retries"]}
+                      if "alloc_retries" in results[0] else {}),
                    "response_tokens": tokens}
+        if B.STUDENT_CHUNK in batch.keys():  # share of student tokens starting a chunk
+            starts = batch[B.STUDENT_CHUNK] >= 0
+            starts &= batch[B.STUDENT_CHUNK] != torch.nn.functional.pad(
+                batch[B.STUDENT_CHUNK][:, :-1], (1, 0), value=-1)
+            metrics["aligned_fraction"] = float(starts.sum()) / max(1, tokens)
         if B.TEACHER_TOPK_LOGPROBS in batch.keys():
             mass = batch[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[mask]
             metrics["teacher_topk_mass"] = float(mass.mean())
@@ -123,6 +156,11 @@ class StudentGroup:
         """Per-token stats over all response tokens of the batch, in row order."""
         parts = ray.get([a.token_stats.remote(s, divergences)
                          for a, s in zip(self.actors, self._split(batch))])
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def xtok_stats(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """Per aligned chunk held-out metrics (ondistill.xtok.losses.aligned_stats), in row order."""
+        parts = ray.get([a.xtok_stats.remote(s) for a, s in zip(self.actors, self._split(batch))])
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def push_weights(self, rollout: RolloutGroup) -> int:

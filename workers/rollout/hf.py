@@ -66,10 +66,15 @@ class HFRollout:
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        from workers.weights import unpack
+
         params = dict(self.model.named_parameters())
         for name, tensor in named_tensors:
             if name in params:
-                params[name].copy_(tensor)
+                params[name].copy_(unpack(tensor))
 
     def flush(self) -> None:
         pass  # HF generate keeps no cache across calls
+
+    def sleep(self) -> None:
+        pass  # holds no memory beyond its weights

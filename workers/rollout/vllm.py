@@ -42,11 +42,13 @@ class VLLMRollout:
         self.pad_id = self.llm.get_tokenizer().pad_token_id or 0
         self.pending: list[tuple[str, torch.Tensor]] = []
         self.calls = 0
+        self.asleep = False
 
     def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
         from vllm import SamplingParams, TokensPrompt
 
         B.check(prompts, B.PROMPTS, "rollout.generate")
+        self.wake()
         n = self.cfg.n_samples
         if seed is None:
             seed, self.calls = self.cfg.seed * 1_000_003 + self.calls * 10_007, self.calls + 1
@@ -76,21 +78,28 @@ class VLLMRollout:
         return B.check(td, B.ROLLOUT, "rollout.generate")
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        from workers.weights import unpack
+
         # Held until flush(): vLLM reloads a model in one pass (layers are repacked per layer).
-        self.pending.extend(named_tensors)
+        self.pending.extend((name, unpack(t)) for name, t in named_tensors)
 
     def flush(self) -> None:
+        self.wake()
         if self.pending:
             weights, self.pending = self.pending, []
             self.llm.collective_rpc("reload_weights", kwargs={
                 "weights_iterator": iter(weights), "is_checkpoint_format": True})
+            del weights  # drop IPC views of the sender's memory before it frees them
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
 
     def sleep(self) -> None:
-        """Free GPU memory (weights and KV cache) while other roles use the GPU."""
-        if self.on_gpu:
+        """Free GPU memory (weights to host, KV cache dropped) while the teacher and student
+        use a shared card; generate() and flush() wake the engine again."""
+        if self.on_gpu and not self.asleep:
             self.llm.sleep(level=1)
+            self.asleep = True
 
     def wake(self) -> None:
-        if self.on_gpu:
+        if self.asleep:
             self.llm.wake_up()
+            self.asleep = False

@@ -65,9 +65,20 @@ class StudentWorker:
         lm = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
         head = load_output_head(teacher_dir) if teacher_dir else None
         if head is not None:
-            head.weight = head.weight.to(self.device)
-        self.model = parallelize(KDModel(lm.to(self.device), head, self.loss_cfg.chunk_size),
-                                 mesh, DTYPES[self.cfg.param_dtype])
+            # In the student's compute dtype: an fp32 teacher head next to bf16 hidden states
+            # would run the largest matmul of the loss in fp32 (measured: 36% of an H200 step).
+            head.weight = head.weight.to(self.device, DTYPES[self.cfg.param_dtype])
+        shared = None
+        if self.loss_cfg.cross_tokenizer != "none" and teacher_dir:
+            from transformers import AutoTokenizer
+
+            from ondistill.xtok.translate import Translator
+
+            shared = Translator(AutoTokenizer.from_pretrained(student_dir),
+                                AutoTokenizer.from_pretrained(teacher_dir)).shared()
+        kd = KDModel(lm.to(self.device), head, self.loss_cfg.chunk_size,
+                     self.loss_cfg.cross_tokenizer, shared)
+        self.model = parallelize(kd, mesh, DTYPES[self.cfg.param_dtype])
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
                                            weight_decay=self.cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -98,7 +109,9 @@ class StudentWorker:
         loss_sum = div_sum = 0.0
         for i, mb in enumerate(micro):
             ids, mask, pos, start = self._inputs(mb)
-            if B.TEACHER_HIDDEN in mb.keys():
+            if B.XT_HIDDEN in mb.keys():
+                teacher = self._xt_teacher(mb)
+            elif B.TEACHER_HIDDEN in mb.keys():
                 teacher = {"hidden": mb[B.TEACHER_HIDDEN].to(self.device)}
             else:
                 teacher = {"topk_ids": mb[B.TEACHER_TOPK_IDS].to(self.device),
@@ -117,7 +130,29 @@ class StudentWorker:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_sum, "kl": div_sum, "grad_norm": grad_norm, "lr": lr}
+        out = {"loss": loss_sum, "kl": div_sum, "grad_norm": grad_norm, "lr": lr}
+        if self.device.type == "cuda":
+            # allocator retries = the card ran full and blocks were freed mid-step (slow)
+            out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+            torch.cuda.empty_cache()  # the teacher and rollout share this card
+        return out
+
+    def _xt_teacher(self, td: TensorDict) -> dict[str, torch.Tensor]:
+        """Cross-tokenizer teacher inputs; the micro-batch's teacher padding is trimmed."""
+        width = max(1, int(td[B.XT_RESPONSE_MASK].sum(1).max()))
+        return {"xt_hidden": td[B.XT_HIDDEN][:, :width].to(self.device),
+                "xt_targets": td[B.XT_RESPONSE_IDS][:, :width].to(self.device),
+                "teacher_chunk": td[B.TEACHER_CHUNK][:, :width].to(self.device),
+                "student_chunk": td[B.STUDENT_CHUNK].to(self.device)}
+
+    @torch.no_grad()
+    def xtok_stats(self, td: TensorDict) -> dict[str, torch.Tensor]:
+        """Per aligned chunk metrics of this rank's rows (cross-tokenizer batches)."""
+        self.model.eval()
+        ids, mask, pos, start = self._inputs(td)
+        out = self.model.xtok_stats(ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device),
+                                    self._xt_teacher(td))
+        return {k: v.cpu() for k, v in out.items()}
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -136,35 +171,54 @@ class StudentWorker:
                                th.to(self.device) if th is not None else None, divergences)
         return {k: v.cpu() for k, v in out.items()}
 
-    def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """All ranks must call this; rank 0 gets full CPU tensors under HF names."""
+    def _full_state_dict(self, on_gpu: bool = False) -> dict[str, torch.Tensor]:
+        """All ranks must call this; rank 0 gets full tensors under HF names (on CPU, or on
+        this rank's GPU with on_gpu)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=not on_gpu)
         return get_model_state_dict(self.model.lm, options=opts)
 
     def push_weights(self, engines: list, bucket_mb: int = 256) -> int:
         """Stream the student's weights to rollout engine actors in buckets of ~bucket_mb.
 
-        All ranks call it (the gather is collective); rank 0 sends. Each engine has the new
-        weights and flushed caches when this returns. Returns bytes sent per engine.
+        All ranks call it (the gather is collective); rank 0 sends. Engines on this rank's own
+        GPU get CUDA IPC handles, others CPU tensors (workers/weights.py). Each engine has the
+        new weights and flushed caches when this returns. Returns bytes sent per engine.
         """
         import ray
 
-        state = self._full_state_dict()
+        from workers.weights import actor_gpu, gpu_identity, pack
+
+        me = gpu_identity() if self.device.type == "cuda" and self.rank == 0 else None
+        same_gpu = [me is not None and ray.get(e.__ray_call__.remote(actor_gpu)) == me
+                    for e in engines]
+        state = self._full_state_dict(on_gpu=me is not None and all(same_gpu))
         if self.rank != 0:
             return 0
+        # On GPU the engines compute in bf16: sending fp32 master weights would double the bytes.
+        cast = torch.bfloat16 if self.device.type == "cuda" else None
+        keep_alive: list[torch.Tensor] = []  # IPC'd tensors must outlive the engines' flush
         sent, bucket, size = 0, [], 0
-        for name, tensor in state.items():
+
+        def send(items: list[tuple[str, torch.Tensor]]) -> None:
+            keep_alive.extend(t for _, t in items)
+            ray.get([e.update_weights.remote([(n, pack(t, ipc)) for n, t in items])
+                     for e, ipc in zip(engines, same_gpu)])
+
+        for name in list(state):
+            tensor = state.pop(name)  # frees the fp32 copy as soon as it is cast
+            tensor = tensor.to(cast) if cast is not None and tensor.is_floating_point() else tensor
             bucket.append((name, tensor))
             size += tensor.numel() * tensor.element_size()
             if size >= bucket_mb << 20:
-                ray.get([e.update_weights.remote(bucket) for e in engines])
+                send(bucket)
                 sent, bucket, size = sent + size, [], 0
         if bucket:
-            ray.get([e.update_weights.remote(bucket) for e in engines])
+            send(bucket)
             sent += size
         ray.get([e.flush.remote() for e in engines])
+        del keep_alive
         return sent
 
     def save_hf(self, path: str, student_dir: str) -> None:

@@ -22,7 +22,7 @@ class HFTeacher:
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
         self.decoder = lm.get_decoder()
-        self.topk = cfg.topk
+        self.topk, self.micro = cfg.topk, cfg.micro_batch_size
         if self.topk:  # a teacher that sends top-k must apply its own head
             self.head = OutputHead(lm.get_output_embeddings().weight.detach(),
                                    HeadSpec.from_config(lm.config.to_dict()))
@@ -31,9 +31,15 @@ class HFTeacher:
     def score(self, batch: TensorDict) -> TensorDict:
         B.check(batch, B.ROLLOUT, "teacher.score")
         ids, mask, pos = B.full_sequence(batch)
-        hidden = self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                              position_ids=pos.to(self.device)).last_hidden_state
-        hidden = hidden[:, B.response_positions(batch)]
+        rows, span = ids.shape[0], B.response_positions(batch)
+        step = self.micro or rows
+        hidden = torch.cat([
+            self.decoder(input_ids=ids[i:i + step].to(self.device),
+                         attention_mask=mask[i:i + step].to(self.device),
+                         position_ids=pos[i:i + step].to(self.device)).last_hidden_state[:, span]
+            for i in range(0, rows, step)])
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
         if not self.topk:
             batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
             return B.check(batch, B.SCORED, "teacher.score")

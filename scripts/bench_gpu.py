@@ -1,0 +1,265 @@
+"""On-policy distillation throughput on one GPU: ondistill vs TRL, Qwen3-shaped random pairs.
+
+Builds the pair (random bf16 weights from the real Qwen3 architecture shapes, a word-level
+tokenizer over the 151,936-token vocabulary, fixed-length prompts), measures the card's bf16
+matmul rate once, then runs each system in its own process on the same work, one after the
+other, and writes one JSON file:
+
+    python scripts/bench_gpu.py --pair 1.7b-8b --prompts 256 --systems ondistill \
+        --out $OUT/bench_gpu.json
+
+ondistill runs its real loop (Ray actors: vLLM rollout, HF teacher, FSDP2 student on one card,
+CUDA-IPC weight sync); per-step stage times come from its metrics.jsonl. TRL runs through
+scripts/trl_runner.py. Generation length is fixed (EOS ignored) so random weights do not
+change the work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 151_936
+# Qwen3 shapes (head_dim 128 throughout); the small ones tie input and output embeddings.
+QWEN3 = {
+    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, intermediate_size=3072, tie_word_embeddings=True),
+    "1.7b": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, intermediate_size=6144, tie_word_embeddings=True),
+    "4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, intermediate_size=9728, tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, intermediate_size=12288, tie_word_embeddings=False),
+    # a toy shape to check this script end to end on a CPU
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, intermediate_size=128, tie_word_embeddings=True),
+}
+PAIRS = {"1.7b-8b": ("1.7b", "8b"), "0.6b-4b": ("0.6b", "4b"), "tiny-tiny": ("tiny", "tiny")}
+
+
+def save_tokenizer(path: Path) -> None:
+    """Word-level tokenizer over the whole vocabulary: 'tN' is token N, so a prompt of k words
+    is exactly k tokens and any sampled id decodes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>").save_pretrained(path)
+
+
+def build_model(shape: str, path: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    if (path / "config.json").exists():
+        return path
+    cfg = Qwen3Config(vocab_size=VOCAB, head_dim=128, max_position_embeddings=40_960,
+                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, **QWEN3[shape])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    with torch.device(device):  # random init on the GPU: seconds instead of minutes
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(tmp)
+    save_tokenizer(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_prompts(path: Path, n: int, prompt_len: int, response_len: int) -> Path:
+    rng = random.Random(0)
+    words = lambda k: " ".join(f"t{rng.randrange(1, VOCAB)}" for _ in range(k))  # noqa: E731
+    with path.open("w") as f:
+        for _ in range(n):
+            f.write(json.dumps({"prompt": words(prompt_len), "response": words(response_len)}) + "\n")
+    return path
+
+
+def matmul_rate() -> float | None:
+    """Measured bf16 dense matmul rate of this card (FLOP/s), 8192^3, median of 20."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    times = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return 2 * 8192 ** 3 / statistics.median(times)
+
+
+def train_flops(student: dict, teacher: dict, rows: int, prompt_len: int, new: int) -> float:
+    """Matmul FLOPs of one training step: student forward+backward over every position
+    (dense layers and causal attention), the student head (fwd+bwd) and the teacher head
+    (fwd, recomputed from hidden states) over the response positions."""
+    h, L, ffn = student["hidden_size"], student["num_hidden_layers"], student["intermediate_size"]
+    q, kv = student["num_attention_heads"] * 128, student["num_key_value_heads"] * 128
+    dense = L * (h * (q + 2 * kv) + q * h + 3 * h * ffn)  # weights touched per token
+    seq = prompt_len + new
+    attn = L * 2 * seq * seq * q  # QK^T and AV, causal half, per sequence, forward
+    fwd = 2 * dense * rows * seq + attn * rows
+    heads = (6 * h + 2 * teacher["hidden_size"]) * VOCAB * rows * new
+    return 3 * fwd + heads
+
+
+class GpuMemory:
+    """Peak used memory of GPU 0 over an interval, polled from nvidia-smi (covers every
+    process, which a system of several processes needs)."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "-i", "0",
+                                      "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=10).stdout
+                self.peak = max(self.peak, float(out.split()[0]) / 1024)
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return
+
+    def __enter__(self) -> "GpuMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> dict:
+    overrides = [
+        f"model.teacher={teacher}", f"model.student={student}", "model.student_keep_layers=[]",
+        f"data.prompts={prompts}", "data.chat_template=false", "data.eval_size=0",
+        f"data.max_prompt_tokens={a.prompt_len}",
+        "rollout.backend=vllm", f"rollout.max_new_tokens={a.new_tokens}", "rollout.ignore_eos=true",
+        f"rollout.max_model_len={a.prompt_len + a.new_tokens + 16}",
+        f"rollout.gpu_memory_utilization={a.vllm_memory}",
+        "teacher.dtype=bfloat16", f"teacher.micro_batch_size={a.teacher_micro}",
+        "student.param_dtype=bfloat16", f"student.micro_batch_size={a.student_micro}",
+        "student.warmup_steps=0", f"loss.chunk_size={a.chunk}",
+        f"trainer.steps={a.steps}", f"trainer.prompts_per_step={a.prompts}",
+        "trainer.checkpoint_every=-1", "trainer.save_student=false", f"trainer.output_dir={out}",
+        "log.wandb=disabled", "log.plot=false", "log.progress=false",
+        "ray.rollout.gpus=0.3", "ray.teacher.gpus=0.3", "ray.student.gpus=0.3",
+    ]
+    if a.pair == "tiny-tiny":  # CPU check of this script: no GPU placement
+        overrides = [o for o in overrides if not o.startswith("ray.")]
+    start = time.perf_counter()
+    with GpuMemory() as mem:
+        proc = subprocess.run([sys.executable, "-m", "ondistill.main", *overrides], cwd=ROOT,
+                              capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        return {"system": "ondistill", "error": (proc.stdout + proc.stderr)[-4000:]}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "time/train" in r][1:]  # first step: warm-up (compiles, caches)
+    stage = {k: statistics.median([r[f"time/{k}"] for r in steps])
+             for k in ("generate", "score", "train", "sync")}
+    step_s = statistics.median([sum(r[f"time/{k}"] for k in stage) for r in steps])
+    tokens = steps[0]["response_tokens"]
+    return {"system": "ondistill", "step_s": step_s, "tokens_per_step": tokens,
+            "tokens_per_s": tokens / step_s, "stages_s": stage, "wall_s": wall,
+            "peak_gpu_gib": mem.peak, "final_loss": rows[-1].get("loss"),
+            "alloc_retries": rows[-1].get("alloc_retries")}
+
+
+def run_trl(a, teacher: Path, student: Path, prompts: Path, out: Path, use_vllm: bool) -> dict:
+    """TRL's DistillationTrainer (on-policy, reverse KL = beta 1) through scripts/trl_runner.py."""
+    spec = {"config": "on_policy", "student": str(student), "teacher": str(teacher),
+            "rows": str(prompts), "steps": a.steps, "batch": a.trl_batch,
+            "max_new_tokens": a.new_tokens, "lr": 1e-4, "seed": 0, "threads": 8, "beta": 1.0,
+            "use_vllm": use_vllm, "output_dir": str(out), "device": "cuda", "bf16": True,
+            "chat": False, "vllm_memory": a.vllm_memory}
+    start = time.perf_counter()
+    with GpuMemory() as mem:
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "trl_runner.py"),
+                               "--json-args", json.dumps(spec)], cwd=ROOT, capture_output=True,
+                              text=True)
+    wall = time.perf_counter() - start
+    name = f"trl_distillation{'_vllm' if use_vllm else ''}"
+    line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("TRL_RESULT ")), None)
+    if not line:
+        return {"system": name, "error": (proc.stdout + proc.stderr)[-4000:]}
+    res = json.loads(line[len("TRL_RESULT "):])
+    if res.get("error") or len(res["step_s"]) < 2:
+        return {"system": name, "error": res.get("error"), "traceback": res.get("traceback")}
+    step_s = statistics.median(res["step_s"][1:])
+    tokens = statistics.median(res["response_tokens"][1:])
+    return {"system": name, "step_s": step_s, "tokens_per_step": tokens,
+            "tokens_per_s": tokens / step_s, "steps_s": res["step_s"], "wall_s": wall,
+            "peak_gpu_gib": mem.peak, "completion_min_len": res.get("completion_min_len")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", choices=sorted(PAIRS), default="1.7b-8b")
+    p.add_argument("--prompts", type=int, default=256, help="ondistill prompts per step")
+    p.add_argument("--trl-batch", type=int, default=32, help="TRL prompts per step")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=512)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--vllm-memory", type=float, default=0.25)
+    p.add_argument("--teacher-micro", type=int, default=32)
+    p.add_argument("--student-micro", type=int, default=8)
+    p.add_argument("--chunk", type=int, default=1024)
+    p.add_argument("--systems", default="ondistill,trl_distillation_vllm,trl_distillation",
+                   help="comma list of ondistill, trl_distillation_vllm, trl_distillation")
+    p.add_argument("--workdir", default="/tmp/ondistill_bench")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    s_shape, t_shape = PAIRS[a.pair]
+    t0 = time.perf_counter()
+    student = build_model(s_shape, work / f"qwen3-{s_shape}")
+    teacher = build_model(t_shape, work / f"qwen3-{t_shape}")
+    prompts = write_prompts(work / f"prompts_{a.prompt_len}.jsonl", max(a.prompts, a.trl_batch) * 4,
+                            a.prompt_len, a.new_tokens)
+    print(f"[bench] models and prompts ready in {time.perf_counter() - t0:.0f}s", flush=True)
+    rate = matmul_rate()
+    import torch
+
+    result = {"pair": a.pair, "args": vars(a), "matmul_flops": rate,
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "runs": []}
+    for system in a.systems.split(","):
+        out = work / f"run_{system}_{int(time.time())}"
+        if system == "ondistill":
+            res = run_ondistill(a, teacher, student, prompts, out)
+            if "error" not in res and rate:
+                flops = train_flops(QWEN3[s_shape], QWEN3[t_shape], a.prompts, a.prompt_len,
+                                    a.new_tokens)
+                res["train_tflops"] = flops / res["stages_s"]["train"] / 1e12
+                res["train_mfu"] = flops / res["stages_s"]["train"] / rate
+        else:
+            res = run_trl(a, teacher, student, prompts, out, use_vllm=system.endswith("_vllm"))
+        print(json.dumps(res), flush=True)
+        result["runs"].append(res)
+        Path(a.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Where the student's train step spends its time on one GPU, without Ray: one FSDP2 rank
+(world size 1), a random scored batch, CUDA-synchronized timings of each part.
+
+    python scripts/profile_train.py STUDENT_DIR TEACHER_DIR --rows 8 --prompt 128 --response 512
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from tensordict import TensorDict
+
+from ondistill import batch as B
+from ondistill.config import LossConfig, StudentConfig
+from workers.student.fsdp import StudentWorker
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("student")
+    p.add_argument("teacher")
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--response", type=int, default=512)
+    p.add_argument("--chunk", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--profile", action="store_true")
+    a = p.parse_args()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    w = StudentWorker(0, 1, StudentConfig(param_dtype="bfloat16", micro_batch_size=a.rows),
+                      LossConfig(chunk_size=a.chunk))
+    w.setup(("127.0.0.1", 29533), a.student, a.teacher, 10)
+    th = w.model.teacher_head.weight.shape[1]
+    v = w.model.lm.config.vocab_size
+    td = TensorDict({
+        B.PROMPT_IDS: torch.randint(1, v, (a.rows, a.prompt)),
+        B.PROMPT_MASK: torch.ones(a.rows, a.prompt, dtype=torch.bool),
+        B.PROMPT_INDEX: torch.arange(a.rows),
+        B.RESPONSE_IDS: torch.randint(1, v, (a.rows, a.response)),
+        B.RESPONSE_MASK: torch.ones(a.rows, a.response, dtype=torch.bool),
+        B.ROLLOUT_LOGPROBS: torch.zeros(a.rows, a.response),
+        B.TEACHER_HIDDEN: torch.randn(a.rows, a.response, th, dtype=torch.bfloat16)},
+        batch_size=[a.rows])
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for step in range(a.steps):
+        sync(); t0 = time.perf_counter()
+        w.train_step(td, a.rows * a.response, a.rows)
+        sync(); print(f"train_step {time.perf_counter() - t0:.3f}s", flush=True)
+    if a.profile:  # the top kernels of one more step
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            w.train_step(td, a.rows * a.response, a.rows)
+            sync()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+    if torch.cuda.is_available():
+        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+if __name__ == "__main__":
+    main()
