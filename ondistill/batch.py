@@ -12,6 +12,14 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
   teacher_topk_ids / teacher_topk_logprobs  [B, R, k] int64 / float32: instead of
                    teacher_hidden, a teacher that can only send its top-k (teacher.topk > 0)
 
+Cross-tokenizer batches (loss.cross_tokenizer != none; the teacher tokenizes the same text its
+own way, R_t teacher response slots, P_t teacher prompt slots; see ondistill/xtok/):
+  xt_prompt_ids / xt_prompt_mask      [B, P_t] prompt in the teacher's template, LEFT-padded
+  xt_response_ids / xt_response_mask  [B, R_t] the response text re-tokenized by the teacher
+  xt_hidden        [B, R_t, H] teacher's final hidden state predicting xt_response r
+  student_chunk    [B, R] int64, aligned chunk of each student response token (-1: none)
+  teacher_chunk    [B, R_t] int64, aligned chunk of each teacher response token (-1: none)
+
 Each stage boundary calls `check(td, STAGE_KEYS[stage], stage)` so a missing or malformed key
 fails with its name instead of as a shape error three calls later.
 """
@@ -29,6 +37,13 @@ TEACHER_HIDDEN = "teacher_hidden"
 PROMPT_INDEX = "prompt_index"
 TEACHER_TOPK_IDS = "teacher_topk_ids"
 TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
+XT_PROMPT_IDS = "xt_prompt_ids"
+XT_PROMPT_MASK = "xt_prompt_mask"
+XT_RESPONSE_IDS = "xt_response_ids"
+XT_RESPONSE_MASK = "xt_response_mask"
+XT_HIDDEN = "xt_hidden"
+STUDENT_CHUNK = "student_chunk"
+TEACHER_CHUNK = "teacher_chunk"
 
 _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     PROMPT_IDS: (torch.int64,),
@@ -40,20 +55,33 @@ _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     PROMPT_INDEX: (torch.int64,),
     TEACHER_TOPK_IDS: (torch.int64,),
     TEACHER_TOPK_LOGPROBS: (torch.float32,),
+    XT_PROMPT_IDS: (torch.int64,),
+    XT_PROMPT_MASK: (torch.bool,),
+    XT_RESPONSE_IDS: (torch.int64,),
+    XT_RESPONSE_MASK: (torch.bool,),
+    XT_HIDDEN: (torch.float32, torch.bfloat16, torch.float16),
+    STUDENT_CHUNK: (torch.int64,),
+    TEACHER_CHUNK: (torch.int64,),
 }
 _NDIM = {PROMPT_IDS: 2, PROMPT_MASK: 2, RESPONSE_IDS: 2, RESPONSE_MASK: 2,
          ROLLOUT_LOGPROBS: 2, TEACHER_HIDDEN: 3, PROMPT_INDEX: 1,
-         TEACHER_TOPK_IDS: 3, TEACHER_TOPK_LOGPROBS: 3}
+         TEACHER_TOPK_IDS: 3, TEACHER_TOPK_LOGPROBS: 3, XT_PROMPT_IDS: 2, XT_PROMPT_MASK: 2,
+         XT_RESPONSE_IDS: 2, XT_RESPONSE_MASK: 2, XT_HIDDEN: 3, STUDENT_CHUNK: 2,
+         TEACHER_CHUNK: 2}
 
 PROMPTS = (PROMPT_IDS, PROMPT_MASK, PROMPT_INDEX)
 ROLLOUT = PROMPTS + (RESPONSE_IDS, RESPONSE_MASK, ROLLOUT_LOGPROBS)
 SCORED = ROLLOUT + (TEACHER_HIDDEN,)
 SCORED_TOPK = ROLLOUT + (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)
+XT_PROMPTS = (XT_PROMPT_IDS, XT_PROMPT_MASK)
+SCORED_XT = ROLLOUT + (XT_RESPONSE_IDS, XT_RESPONSE_MASK, XT_HIDDEN, STUDENT_CHUNK, TEACHER_CHUNK)
 
 
 def scored_keys(td: TensorDict) -> tuple[str, ...]:
-    """The scored schema this batch claims: top-k if it carries top-k, else hidden states."""
-    return SCORED_TOPK if TEACHER_TOPK_IDS in td.keys() else SCORED
+    """The scored schema this batch claims: top-k, cross-tokenizer, or hidden states."""
+    if TEACHER_TOPK_IDS in td.keys():
+        return SCORED_TOPK
+    return SCORED_XT if XT_HIDDEN in td.keys() else SCORED
 
 
 class BatchError(ValueError):
@@ -73,9 +101,11 @@ def check(td: TensorDict, keys: tuple[str, ...], stage: str) -> TensorDict:
     if RESPONSE_IDS in keys and td[RESPONSE_IDS].shape != td[RESPONSE_MASK].shape:
         raise BatchError(f"{stage}: '{RESPONSE_IDS}' {tuple(td[RESPONSE_IDS].shape)} and "
                          f"'{RESPONSE_MASK}' {tuple(td[RESPONSE_MASK].shape)} differ in shape.")
-    if TEACHER_HIDDEN in keys and td[TEACHER_HIDDEN].shape[:2] != td[RESPONSE_IDS].shape:
-        raise BatchError(f"{stage}: '{TEACHER_HIDDEN}' covers {tuple(td[TEACHER_HIDDEN].shape[:2])}"
-                         f" positions but the responses are {tuple(td[RESPONSE_IDS].shape)}.")
+    for key, ref in ((TEACHER_HIDDEN, RESPONSE_IDS), (STUDENT_CHUNK, RESPONSE_IDS),
+                     (XT_HIDDEN, XT_RESPONSE_IDS), (TEACHER_CHUNK, XT_RESPONSE_IDS)):
+        if key in keys and td[key].shape[:2] != td[ref].shape:
+            raise BatchError(f"{stage}: '{key}' covers {tuple(td[key].shape[:2])} positions "
+                             f"but '{ref}' is {tuple(td[ref].shape)}.")
     return td
 
 

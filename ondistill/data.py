@@ -30,6 +30,15 @@ class DataError(ValueError):
 class Example:
     prompt_ids: list[int]
     response_ids: list[int] | None  # tokenized reference response, EOS included
+    teacher_prompt_ids: list[int] | None = None  # cross-tokenizer: in the teacher's template
+
+
+def _prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
+    if chat_template and tok.chat_template:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                      add_generation_prompt=True, tokenize=True)
+        return list(ids if isinstance(ids, list) else ids["input_ids"])
+    return tok(prompt, add_special_tokens=True)["input_ids"]
 
 
 def _check_row(raw: str, where: str) -> dict:
@@ -53,12 +62,14 @@ def _check_row(raw: str, where: str) -> dict:
 class PromptSet:
     """Tokenized prompts with a held-out split. Shuffles per epoch from a seed."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, teacher_tokenizer=None):
+        """teacher_tokenizer: a different tokenizer of the teacher (cross-tokenizer KD); each
+        prompt is then also rendered in the teacher's own chat template."""
         path = BUILTIN_PROMPTS if cfg.prompts == "builtin" else Path(cfg.prompts).expanduser()
         if not path.exists():
             raise DataError(f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
                             '{"prompt": ...} rows or data.prompts=builtin.')
-        self.tokenizer = tokenizer
+        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
         self.skipped = 0
@@ -78,18 +89,17 @@ class PromptSet:
                             f"{cfg.eval_size} are held out; add rows or lower data.eval_size.")
         cut = len(examples) - cfg.eval_size
         self.train, self.eval = examples[:cut], examples[cut:]
+        self.teacher_pad_id = 0
+        if teacher_tokenizer is not None:
+            t = teacher_tokenizer
+            self.teacher_pad_id = t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
         self.rng = random.Random(seed)
         self.epoch, self.position = 0, 0
         self.order = self._shuffled()
 
     def _encode(self, row: dict, cfg: DataConfig, where: str) -> Example:
         tok = self.tokenizer
-        if cfg.chat_template and tok.chat_template:
-            ids = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}],
-                                          add_generation_prompt=True, tokenize=True)
-            ids = list(ids if isinstance(ids, list) else ids["input_ids"])
-        else:
-            ids = tok(row["prompt"], add_special_tokens=True)["input_ids"]
+        ids = _prompt_ids(tok, row["prompt"], cfg.chat_template)
         if len(ids) > cfg.max_prompt_tokens:
             raise DataError(f"{where}: prompt is {len(ids)} tokens, over data.max_prompt_tokens="
                             f"{cfg.max_prompt_tokens}; shorten it or raise the limit.")
@@ -97,7 +107,10 @@ class PromptSet:
         if row.get("response") is not None:
             response = tok(row["response"], add_special_tokens=False)["input_ids"]
             response.append(tok.eos_token_id)
-        return Example(ids, response)
+        teacher_ids = None
+        if self.teacher_tokenizer is not None:
+            teacher_ids = _prompt_ids(self.teacher_tokenizer, row["prompt"], cfg.chat_template)
+        return Example(ids, response, teacher_ids)
 
     def require_responses(self, why: str) -> None:
         """Off-policy batches need a reference response on every training row."""
@@ -137,16 +150,28 @@ class PromptSet:
             yield self.eval[i:i + n]
 
 
-def collate_prompts(examples: list[Example], pad_id: int) -> TensorDict:
-    """Left-pad prompts into PROMPT_IDS / PROMPT_MASK / PROMPT_INDEX."""
-    width = max(len(e.prompt_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.bool)
-    for i, e in enumerate(examples):
-        ids[i, width - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
-        mask[i, width - len(e.prompt_ids):] = True
-    return TensorDict({B.PROMPT_IDS: ids, B.PROMPT_MASK: mask,
-                       B.PROMPT_INDEX: torch.arange(len(examples))}, batch_size=[len(examples)])
+def _pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = True
+    return ids, mask
+
+
+def collate_prompts(examples: list[Example], pad_id: int,
+                    teacher_pad_id: int = 0) -> TensorDict:
+    """Left-pad prompts into PROMPT_IDS / PROMPT_MASK / PROMPT_INDEX (and XT_PROMPT_IDS /
+    XT_PROMPT_MASK when the examples carry the teacher's own prompt tokens)."""
+    ids, mask = _pad_left([e.prompt_ids for e in examples], pad_id)
+    td = TensorDict({B.PROMPT_IDS: ids, B.PROMPT_MASK: mask,
+                     B.PROMPT_INDEX: torch.arange(len(examples))}, batch_size=[len(examples)])
+    if examples[0].teacher_prompt_ids is not None:
+        t_ids, t_mask = _pad_left([e.teacher_prompt_ids for e in examples], teacher_pad_id)
+        td.set(B.XT_PROMPT_IDS, t_ids)
+        td.set(B.XT_PROMPT_MASK, t_mask)
+    return td
 
 
 def collate_responses(td: TensorDict, responses: list[list[int]], pad_id: int,

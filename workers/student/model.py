@@ -13,15 +13,19 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_f
 from ondistill.heads import HeadSpec, OutputHead
 from ondistill.losses import (HiddenTeacher, ObjectiveSpec, TopKTeacher, chunked_loss,
                               chunked_token_stats, discounted_advantages)
+from ondistill.xtok.losses import aligned_stats, cross_tokenizer_loss
+from ondistill.xtok.vocab import SharedVocab
 
 
 class KDModel(nn.Module):
-    def __init__(self, lm: nn.Module, teacher_head: OutputHead | None, chunk_size: int):
+    def __init__(self, lm: nn.Module, teacher_head: OutputHead | None, chunk_size: int,
+                 cross_tokenizer: str = "none", shared: SharedVocab | None = None):
         super().__init__()
         self.lm = lm
         self.teacher_head = teacher_head
         self.chunk_size = chunk_size
         self.student_spec = HeadSpec.from_config(lm.config.to_dict())
+        self.cross_tokenizer, self.shared = cross_tokenizer, shared
 
     def _hidden(self, ids, mask, pos, start: int, width: int) -> torch.Tensor:
         out = self.lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos)
@@ -32,10 +36,19 @@ class KDModel(nn.Module):
                 discount: float = 0.0) -> tuple[torch.Tensor, float]:
         """(weighted sum of the per-token objective, weighted sum of the divergence) over the
         response positions. teacher: {"hidden": [b, R, H]} or {"topk_ids", "topk_logprobs":
-        [b, R, k]}; weights and extras (targets, rollout_logprobs): [b, R]."""
+        [b, R, k]} or cross-tokenizer {"xt_hidden" [b, R_t, H_t], "xt_targets", "teacher_chunk"
+        [b, R_t], "student_chunk" [b, R]}; weights, extras (targets, rollout_logprobs): [b, R]."""
         hidden = self._hidden(ids, mask, pos, start, weights.shape[1])
-        keep = weights != 0
         head_w = self.lm.get_output_embeddings().weight
+        if "xt_hidden" in teacher:
+            stats: dict = {}
+            loss = cross_tokenizer_loss(
+                self.cross_tokenizer, hidden, head_w, self.student_spec, extras["targets"],
+                teacher["student_chunk"], teacher["xt_hidden"], self.teacher_head,
+                teacher["xt_targets"], teacher["teacher_chunk"], weights, spec, self.shared,
+                self.chunk_size, stats)
+            return loss, stats["divergence"]
+        keep = weights != 0
         h = hidden[keep]
         ex = {k: v[keep] for k, v in extras.items()}
         if "hidden" in teacher:
@@ -64,6 +77,16 @@ class KDModel(nn.Module):
                                    divergences, self.chunk_size, self.student_spec)
 
 
+    def xtok_stats(self, ids, mask, pos, start: int, targets: torch.Tensor,
+                   teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per aligned chunk metrics (see ondistill.xtok.losses.aligned_stats)."""
+        hidden = self._hidden(ids, mask, pos, start, targets.shape[1])
+        return aligned_stats(hidden, self.lm.get_output_embeddings().weight, self.student_spec,
+                             targets, teacher["student_chunk"], teacher["xt_hidden"],
+                             self.teacher_head, teacher["xt_targets"], teacher["teacher_chunk"],
+                             self.shared, self.chunk_size)
+
+
 def parallelize(model: KDModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> KDModel:
     """FSDP2 as torchtitan applies it: each decoder block, then the root."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -71,4 +94,5 @@ def parallelize(model: KDModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> K
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     register_fsdp_forward_method(model, "stats")
+    register_fsdp_forward_method(model, "xtok_stats")
     return model

@@ -1,0 +1,74 @@
+"""Align two tokenizations of the same text by byte offsets.
+
+Each token covers the bytes it decodes to (vocab.token_bytes). A *shared boundary* is an offset
+where a token ends on both sides. Between consecutive shared boundaries lies one aligned
+chunk: a run of 1..n student tokens and 1..m teacher tokens covering the same bytes (1:1,
+1:n, n:1 or n:m). Two facts the losses rely on:
+  - the first token of chunk k starts at the same byte on both sides, so the two models'
+    next-token distributions there are conditioned on the same text;
+  - the chunk's probability on each side is the product of its tokens' probabilities.
+Tokens with no bytes (special tokens) and tokens past the texts' common prefix get chunk -1;
+end-of-turn tokens that end both responses form one last chunk of their own.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Alignment:
+    student_chunk: list[int]  # per student token: its chunk index, or -1 (not aligned)
+    teacher_chunk: list[int]  # per teacher token: its chunk index, or -1
+    num_chunks: int
+
+
+def byte_ends(ids: list[int], table: list[bytes]) -> tuple[bytes, list[int]]:
+    """(the bytes the ids decode to, each token's end offset in them)."""
+    ends, total, parts = [], 0, []
+    for i in ids:
+        parts.append(table[i])
+        total += len(table[i])
+        ends.append(total)
+    return b"".join(parts), ends
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _chunks(ends: list[int], sizes: list[int], bounds: list[int]) -> list[int]:
+    """Chunk index per token: k where bounds[k] < end <= bounds[k + 1]; -1 if none or empty."""
+    out = []
+    for end, size in zip(ends, sizes):
+        k = bisect_left(bounds, end)  # bounds[k] >= end
+        out.append(k - 1 if size and k < len(bounds) and k >= 1 else -1)
+    return out
+
+
+def align(student_ids: list[int], teacher_ids: list[int], student_table: list[bytes],
+          teacher_table: list[bytes], student_end: bool = False,
+          teacher_end: bool = False) -> Alignment:
+    """Chunks of two tokenizations of (nearly) the same text. *_end: the last id of that side is
+    an end-of-turn token (not text); both must be True for it to be aligned."""
+    s_text, s_ends = byte_ends(student_ids[:len(student_ids) - student_end], student_table)
+    t_text, t_ends = byte_ends(teacher_ids[:len(teacher_ids) - teacher_end], teacher_table)
+    common = _common_prefix(s_text, t_text)
+    bounds = [0] + sorted(e for e in set(s_ends) & set(t_ends) if 0 < e <= common)
+    s_sizes = [len(student_table[i]) for i in student_ids[:len(s_ends)]]
+    t_sizes = [len(teacher_table[i]) for i in teacher_ids[:len(t_ends)]]
+    s_chunk, t_chunk = _chunks(s_ends, s_sizes, bounds), _chunks(t_ends, t_sizes, bounds)
+    num = len(bounds) - 1
+    if student_end and teacher_end:
+        same_text = common == len(s_text) == len(t_text)
+        s_chunk.append(num if same_text else -1)
+        t_chunk.append(num if same_text else -1)
+        num += same_text
+    else:
+        s_chunk += [-1] * student_end
+        t_chunk += [-1] * teacher_end
+    return Alignment(s_chunk, t_chunk, num)
