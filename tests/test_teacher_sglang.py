@@ -12,14 +12,32 @@ from ondistill.heads import load_output_head
 from ondistill.losses import chunked_kd_loss
 
 
+class Remote:
+    """Calls a Ray actor's methods as if it were local."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def __getattr__(self, name):
+        import ray
+
+        return lambda *args: ray.get(getattr(self.actor, name).remote(*args))
+
+
 @pytest.fixture(scope="module")
-def engines(smollm2_dir):
+def engines(ray_local, smollm2_dir):
+    """SGLang in its own Ray actor, as TeacherGroup places it: SGLang's shutdown kills every
+    child process of its host, which in the test process would include Ray's own."""
+    import ray
+
     from workers.teacher.hf import HFTeacher
     from workers.teacher.sglang import SGLangTeacher
 
-    sgl = SGLangTeacher(str(smollm2_dir), TeacherConfig(threads=2))
+    actor = ray.remote(num_cpus=1)(SGLangTeacher).remote(str(smollm2_dir), TeacherConfig(threads=2))
+    sgl = Remote(actor)
     yield sgl, HFTeacher(str(smollm2_dir), TeacherConfig(threads=2))
     sgl.shutdown()
+    ray.kill(actor)
 
 
 def mixed_batch():
@@ -73,7 +91,8 @@ def test_weight_update_changes_outputs_to_the_new_weights(engines, smollm2_dir):
     sgl.update_weights(list(new.items()))
     model.load_state_dict(new, strict=False)
     ref = HFTeacher.__new__(HFTeacher)  # the HF teacher, on the new weights
-    ref.dtype, ref.device, ref.topk, ref.decoder = torch.float32, torch.device("cpu"), 0, model.model
+    ref.dtype, ref.device, ref.topk, ref.micro = torch.float32, torch.device("cpu"), 0, 0
+    ref.decoder = model.model
     after, expected = sgl.score(mixed_batch()), ref.score(mixed_batch())
     m = after[B.RESPONSE_MASK]
     assert (after[B.TEACHER_HIDDEN][m] - before[m]).abs().max() > 1e-2

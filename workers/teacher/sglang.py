@@ -79,4 +79,6 @@ class SGLangTeacher:
             raise RuntimeError(f"SGLang rejected the teacher weight update: {message}")
 
     def shutdown(self) -> None:
+        # SGLang's shutdown kills every child process of its host process: host this class in
+        # a process of its own (a Ray actor, as TeacherGroup does), never in a Ray driver.
         self.engine.shutdown()
