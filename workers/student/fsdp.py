@@ -79,8 +79,11 @@ class StudentWorker:
         kd = KDModel(lm.to(self.device), head, self.loss_cfg.chunk_size,
                      self.loss_cfg.cross_tokenizer, shared)
         self.model = parallelize(kd, mesh, DTYPES[self.cfg.param_dtype])
+        # CPU: the fused kernel makes one pass over the parameters instead of ~10 (measured
+        # 0.2 s of a 2.4 s step for the 50M default student); GPU keeps the default (foreach).
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
-                                           weight_decay=self.cfg.weight_decay)
+                                           weight_decay=self.cfg.weight_decay,
+                                           fused=True if self.device.type == "cpu" else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.cfg, total_steps))
         return sum(p.numel() for p in lm.parameters())
