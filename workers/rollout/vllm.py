@@ -38,7 +38,8 @@ class VLLMRollout:
                        enforce_eager=not self.on_gpu, distributed_executor_backend="uni",
                        seed=cfg.seed, max_model_len=min(cfg.max_model_len, limit),
                        gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       enable_sleep_mode=self.on_gpu, enable_prefix_caching=True)
+                       enable_sleep_mode=self.on_gpu, enable_prefix_caching=True,
+                       use_tqdm_on_load=False)  # its bars would interleave with the step bar
         self.pad_id = self.llm.get_tokenizer().pad_token_id or 0
         self.pending: list[tuple[str, torch.Tensor]] = []
         self.calls = 0
