@@ -70,8 +70,7 @@ class PromptSet:
             raise DataError(f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
                             '{"prompt": ...} rows or data.prompts=builtin.')
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
+        self.pad_id = pad_id_of(tokenizer)
         self.skipped = 0
         examples = []
         for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -89,10 +88,7 @@ class PromptSet:
                             f"{cfg.eval_size} are held out; add rows or lower data.eval_size.")
         cut = len(examples) - cfg.eval_size
         self.train, self.eval = examples[:cut], examples[cut:]
-        self.teacher_pad_id = 0
-        if teacher_tokenizer is not None:
-            t = teacher_tokenizer
-            self.teacher_pad_id = t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+        self.teacher_pad_id = pad_id_of(teacher_tokenizer) if teacher_tokenizer is not None else 0
         self.rng = random.Random(seed)
         self.epoch, self.position = 0, 0
         self.order = self._shuffled()
@@ -150,13 +146,23 @@ class PromptSet:
             yield self.eval[i:i + n]
 
 
-def _pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
+def pad_id_of(tokenizer) -> int:
+    """The id that pads this tokenizer's rows: its pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, width: int | None = None,
+             left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [n, width], mask [n, width]) of rows padded to width (default: the longest row, at
+    least 1); longer rows are truncated. Right-padded unless left (prompts)."""
+    width = width or max(1, max(len(r) for r in rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = True
+        r = r[:width]
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = True
     return ids, mask
 
 
@@ -164,11 +170,12 @@ def collate_prompts(examples: list[Example], pad_id: int,
                     teacher_pad_id: int = 0) -> TensorDict:
     """Left-pad prompts into PROMPT_IDS / PROMPT_MASK / PROMPT_INDEX (and XT_PROMPT_IDS /
     XT_PROMPT_MASK when the examples carry the teacher's own prompt tokens)."""
-    ids, mask = _pad_left([e.prompt_ids for e in examples], pad_id)
+    ids, mask = pad_rows([e.prompt_ids for e in examples], pad_id, left=True)
     td = TensorDict({B.PROMPT_IDS: ids, B.PROMPT_MASK: mask,
                      B.PROMPT_INDEX: torch.arange(len(examples))}, batch_size=[len(examples)])
     if examples[0].teacher_prompt_ids is not None:
-        t_ids, t_mask = _pad_left([e.teacher_prompt_ids for e in examples], teacher_pad_id)
+        t_ids, t_mask = pad_rows([e.teacher_prompt_ids for e in examples], teacher_pad_id,
+                                left=True)
         td.set(B.XT_PROMPT_IDS, t_ids)
         td.set(B.XT_PROMPT_MASK, t_mask)
     return td
@@ -177,13 +184,7 @@ def collate_prompts(examples: list[Example], pad_id: int,
 def collate_responses(td: TensorDict, responses: list[list[int]], pad_id: int,
                       max_tokens: int) -> TensorDict:
     """Add right-padded RESPONSE_IDS / RESPONSE_MASK (truncated to max_tokens) to td."""
-    width = max(1, min(max_tokens, max(len(r) for r in responses)))
-    ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(responses), width), dtype=torch.bool)
-    for i, r in enumerate(responses):
-        r = r[:width]
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = True
+    ids, mask = pad_rows(responses, pad_id, max(1, min(max_tokens, max(len(r) for r in responses))))
     td.set(B.RESPONSE_IDS, ids)
     td.set(B.RESPONSE_MASK, mask)
     return td

@@ -17,6 +17,7 @@ from tensordict import TensorDict
 
 from ondistill.data import PromptSet, collate_prompts
 from ondistill.divergences import DIVERGENCES, DivergenceParams
+from ondistill.xtok.losses import binary_logprobs
 
 EVAL_SEED = 1234
 
@@ -69,8 +70,9 @@ class CrossTokenizerEvaluator(Evaluator):
     def _chunk_metrics(self, batches: list[TensorDict], direction: str) -> dict[str, float]:
         st = [self.student.xtok_stats(b) for b in batches]
         cat = {k: torch.cat([s[k] for s in st]) for k in st[0]}
-        span = DIVERGENCES[direction](_binary(cat["span_student_logprob"]),
-                                      _binary(cat["span_teacher_logprob"]), DivergenceParams())
+        span = DIVERGENCES[direction](binary_logprobs(cat["span_student_logprob"]),
+                                      binary_logprobs(cat["span_teacher_logprob"]),
+                                      DivergenceParams())
         kind = "rkl" if direction == "reverse_kl" else "fkl"
         return {f"xt_exact_{kind}": float(cat[f"exact_{direction}"].mean()),
                 "xt_uld": float(cat["uld"].mean()), f"xt_span_{kind}": float(span.mean()),
@@ -84,9 +86,3 @@ class CrossTokenizerEvaluator(Evaluator):
         on_teacher.pop("xt_teacher_nll_per_chunk")  # the teacher's own samples: fixed
         return {**{f"eval/{k}_student_samples": v for k, v in on_student.items()},
                 **{f"eval/{k}_teacher_samples": v for k, v in on_teacher.items()}}
-
-
-def _binary(logp: torch.Tensor) -> torch.Tensor:
-    from ondistill.xtok.losses import binary_logprobs
-
-    return binary_logprobs(logp)

@@ -11,18 +11,9 @@ import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
+from ondistill.data import pad_id_of, pad_rows
 from ondistill.xtok.align import align
 from ondistill.xtok.vocab import SharedVocab, end_of_turn_id, shared_vocab, token_bytes
-
-
-def _pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = True
-    return ids, mask
 
 
 class Translator:
@@ -35,10 +26,7 @@ class Translator:
         self.t_end = end_of_turn_id(teacher_tokenizer)
         # A response may end with the student's end-of-turn or its EOS (rollout stop tokens).
         self.s_ends = {self.s_end, student_tokenizer.eos_token_id}
-        self.t_pad = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None \
-            else teacher_tokenizer.eos_token_id
-        self.s_pad = student_tokenizer.pad_token_id if student_tokenizer.pad_token_id is not None \
-            else student_tokenizer.eos_token_id
+        self.t_pad, self.s_pad = pad_id_of(teacher_tokenizer), pad_id_of(student_tokenizer)
 
     def shared(self) -> SharedVocab:
         return shared_vocab(self.s_table, self.t_table, (self.s_end, self.t_end))
@@ -61,15 +49,13 @@ class Translator:
             t_rows.append(t_ids)
             s_chunks.append(al.student_chunk)
             t_chunks.append(al.teacher_chunk)
-        t_ids, t_mask = _pad_right(t_rows, self.t_pad)
+        t_ids, t_mask = pad_rows(t_rows, self.t_pad)
         teacher = TensorDict({
             B.PROMPT_IDS: batch[B.XT_PROMPT_IDS], B.PROMPT_MASK: batch[B.XT_PROMPT_MASK],
             B.PROMPT_INDEX: batch[B.PROMPT_INDEX], B.RESPONSE_IDS: t_ids, B.RESPONSE_MASK: t_mask,
             B.ROLLOUT_LOGPROBS: torch.zeros(t_ids.shape)}, batch_size=batch.batch_size)
-        s_chunk = torch.full(batch[B.RESPONSE_IDS].shape, -1, dtype=torch.long)
-        for i, c in enumerate(s_chunks):
-            s_chunk[i, :len(c)] = torch.tensor(c, dtype=torch.long)
-        t_chunk, _ = _pad_right(t_chunks, -1)
+        s_chunk, _ = pad_rows(s_chunks, -1, batch[B.RESPONSE_IDS].shape[1])
+        t_chunk, _ = pad_rows(t_chunks, -1)
         return B.check(teacher, B.ROLLOUT, "cross-tokenizer teacher"), s_chunk, t_chunk
 
     def merge(self, batch: TensorDict, scored: TensorDict, s_chunk: torch.Tensor,
@@ -92,7 +78,7 @@ class Translator:
             rows.append(self.s_tok(text, add_special_tokens=False)["input_ids"]
                         + [self.s_end] * ended)
         td = prompts.repeat_interleave(n, dim=0)
-        ids, mask = _pad_right(rows, self.s_pad)
+        ids, mask = pad_rows(rows, self.s_pad)
         td.set(B.RESPONSE_IDS, ids)
         td.set(B.RESPONSE_MASK, mask)
         td.set(B.ROLLOUT_LOGPROBS, torch.zeros(ids.shape))

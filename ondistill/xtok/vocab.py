@@ -44,11 +44,15 @@ def scheme(tokenizer) -> str:
                      "SentencePiece-style tokenizers.")
 
 
+def _special_ids(tokenizer) -> set[int]:
+    return set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
 def token_bytes(tokenizer) -> list[bytes]:
     """The bytes each id decodes to, indexed by id. Special tokens are b'' (they are no text)."""
     kind = scheme(tokenizer)
-    special = set(tokenizer.all_special_ids) | {
-        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    special = _special_ids(tokenizer)
     size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
     out = [b""] * size
     decode = _gpt2_byte_decoder()
@@ -109,8 +113,7 @@ def end_of_turn_id(tokenizer) -> int:
             tokenize=False)
         after = text[text.index(marker) + len(marker):]
         ids = tokenizer(after, add_special_tokens=False).input_ids
-        special = set(tokenizer.all_special_ids) | {
-            i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        special = _special_ids(tokenizer)
         for i in ids:
             if i in special:
                 return i

@@ -76,7 +76,6 @@ class KDModel(nn.Module):
                                    self.teacher_head if th is not None else None, targets[keep],
                                    divergences, self.chunk_size, self.student_spec)
 
-
     def xtok_stats(self, ids, mask, pos, start: int, targets: torch.Tensor,
                    teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per aligned chunk metrics (see ondistill.xtok.losses.aligned_stats)."""
