@@ -60,6 +60,7 @@ class TeacherConfig:
     topk: int = 0  # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket
     threads: int = 2
     micro_batch_size: int = 0  # hf: sequences per forward (bounds activation memory); 0 = all
+    compile: bool | None = None  # hf: torch.compile each decoder block; null = on CUDA only
 
 
 @dataclass
@@ -74,6 +75,7 @@ class StudentConfig:
     grad_clip: float = 1.0
     param_dtype: str = "float32"  # FSDP2 MixedPrecisionPolicy compute dtype
     threads: int = 2  # torch threads per rank
+    compile: bool | None = None  # torch.compile each decoder block; null = on CUDA only
 
 
 @dataclass
@@ -112,6 +114,10 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: str = "auto"  # auto: newest complete checkpoint in output_dir, if any | never | a path
     max_restarts: int = 2  # times the workers are rebuilt from a checkpoint after a crash
+    # Generate the next batch while this one is scored and trained (trainer/overlap.py): the
+    # samples are one update stale, the step takes max(generate, score + train) instead of
+    # the sum. Needs room for the rollout engine awake next to teacher and student.
+    overlap: bool = False
 
 
 @dataclass

@@ -141,19 +141,42 @@ def chunk_objective(z_raw, t_chunk, weights, extras, views: Callable, spec: Obje
 
 _value_and_grad = torch.func.grad_and_value(chunk_objective, has_aux=True)
 _steps: dict[tuple, Callable] = {}
+FUSE = ("auto", "compile", "none")
 
 
-def _step_fn(device: torch.device, fuse: bool, views: Callable, spec: ObjectiveSpec,
+def _kl_kernel_step(z_raw, t_chunk, weights, extras, spec: ObjectiveSpec):
+    from ondistill.kernels.kl import kl_chunk
+
+    per_row, grad = kl_chunk(z_raw, t_chunk["logits"], weights, spec.temperature,
+                             reverse=spec.divergence == "reverse_kl")
+    loss = (per_row * weights).sum()
+    return grad, (loss, loss.detach())
+
+
+def _kernel_applies(views: Callable, spec: ObjectiveSpec, s_spec: HeadSpec,
+                    t_spec: HeadSpec | None) -> bool:
+    """The Triton KL kernel covers the plain KLs between plain heads (Qwen, Llama, ...)."""
+    return (views is HiddenTeacher.views and spec.objective == "divergence" and not spec.ce_coef
+            and spec.divergence in ("reverse_kl", "forward_kl")
+            and s_spec == HeadSpec() and t_spec == HeadSpec())
+
+
+def _step_fn(device: torch.device, fuse: str, views: Callable, spec: ObjectiveSpec,
              s_spec: HeadSpec, t_spec: HeadSpec | None) -> Callable:
-    """(z_raw, t_chunk, weights, extras) -> (grad wrt z_raw, (loss, divergence)). On CUDA with
-    fuse, compiled once per distinct (teacher kind, specs): the specs are bound as constants so
-    that new batches never trigger a recompile."""
-    fused = fuse and device.type == "cuda"
-    key = (fused, views, spec, s_spec, t_spec)
+    """(z_raw, t_chunk, weights, extras) -> (grad wrt z_raw, (loss, divergence)). On CUDA:
+    fuse=auto takes the Triton KL kernel where it applies, else (and with fuse=compile) the
+    generic step compiled once per distinct (teacher kind, specs), the specs bound as constants
+    so that new batches never recompile. fuse=none, and any CPU, runs the eager reference."""
+    if fuse not in FUSE:
+        raise ValueError(f"fuse={fuse!r}; choose one of {FUSE}")
+    mode = fuse if device.type == "cuda" else "none"
+    if mode == "auto" and _kernel_applies(views, spec, s_spec, t_spec):
+        return functools.partial(_kl_kernel_step, spec=spec)
+    key = (mode, views, spec, s_spec, t_spec)
     if key not in _steps:
         fn = functools.partial(_value_and_grad, views=views, spec=spec, s_spec=s_spec,
                                t_spec=t_spec)
-        _steps[key] = torch.compile(fn, dynamic=False) if fused else fn
+        _steps[key] = fn if mode == "none" else torch.compile(fn, dynamic=False)
     return _steps[key]
 
 
@@ -166,7 +189,7 @@ class _Chunked(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s_hidden, s_weight, teacher, weights, extras, spec: ObjectiveSpec,  # type: ignore[override]
-                s_spec: HeadSpec, chunk: int, stats: dict, fuse: bool):
+                s_spec: HeadSpec, chunk: int, stats: dict, fuse: str):
         # Matmuls run in the weights' dtype (bf16 on GPU, fp32 on CPU); softmax, divergence
         # and gradients are float32; the head gradient accumulates in the weights' dtype.
         w_s = s_weight.detach()
@@ -207,13 +230,14 @@ def chunked_loss(
     chunk_size: int = 512,
     student_spec: HeadSpec | None = None,
     stats: dict | None = None,
-    fuse: bool = True,
+    fuse: str = "auto",
 ) -> torch.Tensor:
     """sum_n weights[n] * objective_n, differentiable in student_hidden [N, H_s] and
     student_weight [V, H_s]. weights [N] (0 on padding; 1/num_tokens gives the token mean).
     extras: per-token [N] tensors the objective needs (targets, rollout_logprobs, advantages).
-    stats, if given, receives the weighted divergence sum under "divergence". fuse: on CUDA,
-    run each chunk's softmax/divergence/gradient as one torch.compile'd function."""
+    stats, if given, receives the weighted divergence sum under "divergence". fuse (CUDA only):
+    auto runs each chunk's softmax/divergence/gradient as the Triton KL kernel where it
+    applies, else as one torch.compile'd function; compile always the latter; none eager."""
     spec = spec or ObjectiveSpec()
     if spec.divergence not in DIVERGENCES:
         raise KeyError(f"unknown divergence {spec.divergence!r}; registered: {sorted(DIVERGENCES)}")

@@ -9,7 +9,9 @@ other, and writes one JSON file:
         --out $OUT/bench_gpu.json
 
 ondistill runs its real loop (Ray actors: vLLM rollout, HF teacher, FSDP2 student on one card,
-CUDA-IPC weight sync); per-step stage times come from its metrics.jsonl. TRL runs through
+CUDA-IPC weight sync; decoder blocks torch.compile'd, the default on CUDA; with --overlap the
+next batch is generated while this one trains); per-step stage times come from its
+metrics.jsonl. TRL runs through
 scripts/trl_runner.py. Generation length is fixed (EOS ignored) so random weights do not
 change the work.
 """
@@ -154,6 +156,7 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         f"data.prompts={prompts}", "data.chat_template=false", "data.eval_size=0",
         f"data.max_prompt_tokens={a.prompt_len}",
         "rollout.backend=vllm", f"rollout.max_new_tokens={a.new_tokens}", "rollout.ignore_eos=true",
+        f"rollout.n_samples={a.samples}", f"trainer.overlap={str(a.overlap).lower()}",
         f"rollout.max_model_len={a.prompt_len + a.new_tokens + 16}",
         f"rollout.gpu_memory_utilization={a.vllm_memory}",
         "teacher.dtype=bfloat16", f"teacher.micro_batch_size={a.teacher_micro}",
@@ -182,7 +185,8 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
     return {"system": "ondistill", "step_s": step_s, "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "stages_s": stage, "wall_s": wall,
             "peak_gpu_gib": mem.peak, "final_loss": rows[-1].get("loss"),
-            "alloc_retries": rows[-1].get("alloc_retries")}
+            "alloc_retries": rows[-1].get("alloc_retries"), "overlap": a.overlap,
+            "rollout_lag": [r.get("rollout_lag") for r in steps]}
 
 
 def run_trl(a, teacher: Path, student: Path, prompts: Path, out: Path, use_vllm: bool) -> dict:
@@ -222,7 +226,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--vllm-memory", type=float, default=0.25)
     p.add_argument("--teacher-micro", type=int, default=32)
-    p.add_argument("--student-micro", type=int, default=8)
+    p.add_argument("--student-micro", type=int, default=32)
+    p.add_argument("--samples", type=int, default=2, help="ondistill samples per prompt")
+    p.add_argument("--overlap", action="store_true",
+                   help="ondistill: generate the next batch while this one trains")
     p.add_argument("--chunk", type=int, default=1024)
     p.add_argument("--systems", default="ondistill,trl_distillation_vllm,trl_distillation",
                    help="comma list of ondistill, trl_distillation_vllm, trl_distillation")
@@ -250,8 +257,8 @@ def main() -> None:
         if system == "ondistill":
             res = run_ondistill(a, teacher, student, prompts, out)
             if "error" not in res and rate:
-                flops = train_flops(QWEN3[s_shape], QWEN3[t_shape], a.prompts, a.prompt_len,
-                                    a.new_tokens)
+                flops = train_flops(QWEN3[s_shape], QWEN3[t_shape], a.prompts * a.samples,
+                                    a.prompt_len, a.new_tokens)
                 res["train_tflops"] = flops / res["stages_s"]["train"] / 1e12
                 res["train_mfu"] = flops / res["stages_s"]["train"] / rate
         else:

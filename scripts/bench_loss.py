@@ -3,7 +3,8 @@ inputs, same run. Reports time (forward + backward), extra peak memory, and the 
 the four output-head matmuls (student fwd, teacher fwd, grad wrt hidden, grad wrt head).
 
     .venv/bin/python scripts/bench_loss.py --device cpu --tokens 2048 --hidden 2048
-    python scripts/bench_loss.py --device cuda --tokens 4096 8192 16384 --hidden 2048 4096
+    python scripts/bench_loss.py --device cuda --tokens 4096 8192 16384 --hidden 2048 4096 \
+        --fuse auto compile
 
 Writes one JSON object per shape to stdout (and to --out if given).
 """
@@ -86,7 +87,7 @@ def bench(n, h, v, device, dtype, chunk, divergence, reps, fuse):
         fn()
     base = torch.cuda.memory_allocated() if device == "cuda" else 0
     out = {"tokens": n, "hidden": h, "vocab": v, "dtype": str(dtype).removeprefix("torch."),
-           "chunk": chunk, "divergence": divergence, "fused": fuse and device == "cuda"}
+           "chunk": chunk, "divergence": divergence, "fuse": fuse if device == "cuda" else "none"}
     # check agreement once
     hs.grad = ws.grad = None
     a = chunked_loss(hs, ws, HiddenTeacher(ht, head), weights, spec, chunk_size=chunk, fuse=fuse)
@@ -113,7 +114,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, nargs="+", default=[2048])
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--chunk", type=int, nargs="+", default=[0], help="0: 1024 on GPU, 512 on CPU")
-    ap.add_argument("--no-fuse", action="store_true", help="GPU: the eager reference path")
+    ap.add_argument("--fuse", nargs="+", default=["auto"], choices=["auto", "compile", "none"],
+                    help="GPU: auto (Triton KL kernel where it applies, else compiled), "
+                         "compile (the compiled generic step), none (the eager reference)")
     ap.add_argument("--divergence", default="reverse_kl")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default="")
@@ -126,10 +129,11 @@ def main() -> None:
     for h in args.hidden:
         for n in args.tokens:
             for chunk in chunks:
-                r = {"machine": machine, **bench(n, h, args.vocab, args.device, dtype, chunk,
-                                                 args.divergence, args.reps, not args.no_fuse)}
-                print(json.dumps(r), flush=True)
-                results.append(r)
+                for fuse in args.fuse:
+                    r = {"machine": machine, **bench(n, h, args.vocab, args.device, dtype, chunk,
+                                                     args.divergence, args.reps, fuse)}
+                    print(json.dumps(r), flush=True)
+                    results.append(r)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -33,9 +33,12 @@ def main() -> None:
     p.add_argument("--param-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ray", action="store_true", help="also time the worker as a Ray actor")
+    p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                   help="torch.compile the decoder blocks (auto: on CUDA)")
     a = p.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    cfg = StudentConfig(param_dtype=a.param_dtype, micro_batch_size=a.rows, threads=a.threads)
+    cfg = StudentConfig(param_dtype=a.param_dtype, micro_batch_size=a.rows, threads=a.threads,
+                        compile={"auto": None, "true": True, "false": False}[a.compile])
     w = StudentWorker(0, 1, cfg, LossConfig(chunk_size=a.chunk))
     w.setup(("127.0.0.1", 29533), a.student, a.teacher, 10)
     th = w.model.teacher_head.weight.shape[1]

@@ -55,3 +55,37 @@ def test_tiny_run_lowers_divergence(ray_local, tiny_dirs, prompts_file, tmp_path
     original = AutoModelForCausalLM.from_pretrained(tiny_dirs[1])
     assert not torch.equal(saved.model.layers[0].mlp.up_proj.weight,
                            original.model.layers[0].mlp.up_proj.weight)
+
+
+def test_overlapped_run_trains_on_one_update_stale_samples(ray_local, tiny_dirs, prompts_file,
+                                                          tmp_path):
+    """trainer.overlap: the next batch is generated while this one trains. On-policy batches
+    after the first come from the weights one update back; checkpoints record the data
+    position before the batch in flight, so a resume draws that batch again."""
+    import random
+
+    from trainer.controller import _jsonable
+    from trainer.run import prepare
+
+    cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, on_policy_fraction=0.5, overlap=True,
+                      steps=6, checkpoint_every=2)
+    cfg.rollout.backend = "vllm"
+    out = tmp_path / "out"
+    results = run(cfg, out)
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    assert len(train) == 6 and 0 < sum(r["on_policy"] for r in train) < 6
+    expected = [float(r["on_policy"] and i > 0) for i, r in enumerate(train)]
+    assert [r["rollout_lag"] for r in train] == expected, train
+    assert results["after"]["eval/rkl_student_samples"] < results["before"]["eval/rkl_student_samples"]
+
+    state = json.loads((out / "checkpoints" / "step_000004" / "controller.json").read_text())
+    _, _, prompts = prepare(cfg)
+    coin = random.Random(cfg.trainer.seed)
+    for _ in range(4):  # four batches consumed; the fifth, in flight, is not
+        prompts.next_examples(cfg.trainer.prompts_per_step)
+        coin.random()
+    assert state["controller"]["updates"] == 4
+    assert state["controller"]["data"] == json.loads(json.dumps(prompts.state()))
+    assert state["controller"]["rng"] == _jsonable(coin.getstate())

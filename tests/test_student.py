@@ -62,3 +62,25 @@ def test_weight_push_makes_rollout_logprobs_equal_student(ray_local, tiny_dirs, 
     theirs = after[B.ROLLOUT_LOGPROBS][after[B.RESPONSE_MASK]]
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
     student.kill(), rollout.kill()
+
+
+def test_compiled_blocks_match_eager(ray_local, tiny_dirs):
+    """student.compile / teacher.compile (on by default on CUDA) change speed, not results:
+    torch.compile'd decoder blocks under FSDP2 give eager's losses, and the compiled teacher
+    eager's hidden states. Here on CPU (inductor's C++ backend)."""
+    teacher_dir, student_dir = tiny_dirs
+    batches = scored_batches(teacher_dir, student_dir, 2)
+    losses, hidden = {}, {}
+    for compiled in (False, True):
+        cfg = StudentConfig(lr=1e-3, warmup_steps=0, threads=1, compile=compiled)
+        group = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 2)
+        losses[compiled] = [group.train_step(b)["loss"] for b in batches]
+        group.kill()
+        teacher = TeacherGroup("hf", str(teacher_dir), TeacherConfig(compile=compiled))
+        rescored = teacher.score(batches[0].exclude(B.TEACHER_HIDDEN))
+        hidden[compiled] = rescored[B.TEACHER_HIDDEN]
+        teacher.kill()
+    assert losses[False][1] != losses[False][0]  # the second step saw updated weights
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hidden[True], hidden[False], rtol=1e-4, atol=1e-4)

@@ -82,6 +82,7 @@ class Controller:
         with timed(timings, "sync"):
             if on_policy:
                 self.sync(self.sync_every)
+        lag = self.updates - self.synced if on_policy else 0  # updates the sampler is behind
         with timed(timings, "generate"):
             if on_policy:
                 batch = self.rollout.generate(prompts, seed=seed)
@@ -94,7 +95,7 @@ class Controller:
             metrics = self.student.train_step(batch)
         self.updates += 1
         step_time = sum(timings.values())
-        return {**metrics, **timings, "on_policy": float(on_policy),
+        return {**metrics, **timings, "on_policy": float(on_policy), "rollout_lag": float(lag),
                 "tokens_per_s": metrics["response_tokens"] / step_time}
 
 

@@ -119,6 +119,7 @@ class Session:
                  prompts: PromptSet, backend: str):
         from trainer.controller import Controller, DatasetRollout
         from trainer.evaluate import CrossTokenizerEvaluator, Evaluator
+        from trainer.overlap import OverlapController
         from workers.group import RolloutGroup, StudentGroup, TeacherGroup, node_of
 
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
@@ -148,9 +149,10 @@ class Session:
             self.evaluator = kind(prompts, cfg.trainer.prompts_per_step, self.rollout,
                                   self.teacher, self.student, sampler)
             sampler.kill()
-        self.controller = Controller(cfg.trainer, prompts, self.rollout,
-                                     DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
-                                     self.teacher, self.student, cfg.rollout.sync_every)
+        kind = OverlapController if cfg.trainer.overlap else Controller
+        self.controller = kind(cfg.trainer, prompts, self.rollout,
+                               DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
+                               self.teacher, self.student, cfg.rollout.sync_every)
         self.startup_s = time.perf_counter() - start
 
     def train(self, resume: str) -> dict[str, dict[str, float]]:

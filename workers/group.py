@@ -5,7 +5,7 @@ is attached at runtime. Ray is imported here (and in the actors), nowhere in ond
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import torch
@@ -60,7 +60,13 @@ class RolloutGroup:
             ray.get(self.actor.__ray_call__.remote(lambda actor: None))
 
     def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
-        return ray.get(self.actor.generate.remote(prompts, seed))
+        return self.submit(prompts, seed)()
+
+    def submit(self, prompts: TensorDict, seed: int | None = None) -> Callable[[], TensorDict]:
+        """Start generating and return at once; calling the result waits for the batch.
+        Calls to the engine run in the order they are made (weight pushes included)."""
+        ref = self.actor.generate.remote(prompts, seed)
+        return lambda: ray.get(ref)
 
     def sleep(self) -> None:
         """Let the engine free its accelerator memory until it is next used (no-op on CPU)."""

@@ -11,6 +11,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from ondistill.heads import HeadSpec, OutputHead
+from workers.compile import compile_blocks
 from ondistill.losses import (HiddenTeacher, ObjectiveSpec, TopKTeacher, chunked_loss,
                               chunked_token_stats, discounted_advantages)
 from ondistill.xtok.losses import aligned_stats, cross_tokenizer_loss
@@ -86,8 +87,11 @@ class KDModel(nn.Module):
                              self.shared, self.chunk_size)
 
 
-def parallelize(model: KDModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> KDModel:
-    """FSDP2 as torchtitan applies it: each decoder block, then the root."""
+def parallelize(model: KDModel, mesh: DeviceMesh, param_dtype: torch.dtype,
+                compile: bool = False) -> KDModel:
+    """FSDP2 as torchtitan applies it: (compile each decoder block,) each block, then the root."""
+    if compile:
+        compile_blocks(model.lm.get_decoder())
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.lm.get_decoder().layers:
         fully_shard(block, mesh=mesh, mp_policy=mp)

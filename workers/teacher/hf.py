@@ -7,6 +7,7 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import TeacherConfig
 from ondistill.heads import HeadSpec, OutputHead
+from workers.compile import compile_blocks, wants_compile
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,6 +23,8 @@ class HFTeacher:
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
         self.decoder = lm.get_decoder()
+        if wants_compile(cfg.compile, self.device):
+            compile_blocks(self.decoder)
         self.topk, self.micro = cfg.topk, cfg.micro_batch_size
         if self.topk:  # a teacher that sends top-k must apply its own head
             self.head = OutputHead(lm.get_output_embeddings().weight.detach(),
