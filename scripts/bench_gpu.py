@@ -252,7 +252,7 @@ def main() -> None:
     result = {"pair": a.pair, "args": vars(a), "matmul_flops": rate,
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "runs": []}
-    for system in a.systems.split(","):
+    for system in filter(None, a.systems.split(",")):  # --systems "": models and rate only
         out = work / f"run_{system}_{int(time.time())}"
         if system == "ondistill":
             res = run_ondistill(a, teacher, student, prompts, out)

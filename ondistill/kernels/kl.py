@@ -73,5 +73,5 @@ def kl_chunk(z_s: torch.Tensor, z_t: torch.Tensor, weights: torch.Tensor, temper
     out = torch.empty(c, dtype=torch.float32, device=z_s.device)
     _kl_chunk[(c,)](z_s, z_t, grad, weights.float().contiguous(), out, v, z_s.stride(0),
                     z_t.stride(0), grad.stride(0), 1.0 / temperature, REVERSE=reverse,
-                    BLOCK=min(block, triton.next_power_of_2(v)))
+                    BLOCK=min(block, triton.next_power_of_2(v)), num_warps=8)
     return out, grad
