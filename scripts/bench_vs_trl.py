@@ -127,7 +127,7 @@ def run_ondistill(name: str, args: argparse.Namespace, work: Path) -> dict[str, 
         f"rollout.threads={t}", f"teacher.threads={t}", f"student.threads={t}",
         "data.eval_size=0", "trainer.checkpoint_every=-1", "trainer.save_student=false",
         "trainer.resume=never", "log.wandb=disabled", "log.plot=false", "log.progress=false",
-        f"trainer.output_dir={out}", f"hydra.run.dir={work / 'hydra'}"]
+        f"trainer.output_dir={out}", f"hydra.run.dir={work / 'hydra'}", *args.ondistill_extra]
     cmd = [PY, "-m", "ondistill.main", *overrides]
     res = run_measured(cmd, work / "ondistill.log", args.timeout, t)
     rows = []
@@ -300,6 +300,8 @@ def main() -> None:
     ap.add_argument("--trl-vllm", choices=("auto", "on", "off"), default="auto",
                     help="DistillationTrainer generation: auto tries vLLM, falls back to HF")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    ap.add_argument("--ondistill-extra", nargs="*", default=[],
+                    help="more ondistill overrides, e.g. trainer.overlap=true")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     configs, systems = args.configs.split(","), args.systems.split(",")
