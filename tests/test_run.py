@@ -89,3 +89,13 @@ def test_overlapped_run_trains_on_one_update_stale_samples(ray_local, tiny_dirs,
     assert state["controller"]["updates"] == 4
     assert state["controller"]["data"] == json.loads(json.dumps(prompts.state()))
     assert state["controller"]["rng"] == _jsonable(coin.getstate())
+
+    # Resumed from step 4 elsewhere: steps 5-6 draw the same batches (same coin flips) and the
+    # first of them is sampled by the checkpoint's own weights.
+    cfg.trainer.resume = str(out / "checkpoints" / "step_000004")
+    run(cfg, tmp_path / "resumed")
+    again = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    again = [r for r in again if "loss" in r]
+    assert [r["on_policy"] for r in again] == [r["on_policy"] for r in train]
+    assert again[4]["rollout_lag"] == 0.0
+    assert again[5]["rollout_lag"] == again[5]["on_policy"]
