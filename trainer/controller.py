@@ -1,6 +1,6 @@
 """The single controller: one step = [push weights] -> generate -> score -> train_step.
 
-A new dataflow (async, overlapped) subclasses Controller and overrides `step()`.
+A new dataflow subclasses Controller and overrides `step()`, as trainer/overlap.py does.
 """
 from __future__ import annotations
 
