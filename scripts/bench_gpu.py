@@ -11,9 +11,8 @@ other, and writes one JSON file:
 ondistill runs its real loop (Ray actors: vLLM rollout, HF teacher, FSDP2 student on one card,
 CUDA-IPC weight sync; decoder blocks torch.compile'd, the default on CUDA; with --overlap the
 next batch is generated while this one trains); per-step stage times come from its
-metrics.jsonl. TRL runs through
-scripts/trl_runner.py. Generation length is fixed (EOS ignored) so random weights do not
-change the work.
+metrics.jsonl. TRL runs through scripts/trl_runner.py. Generation length is fixed (EOS
+ignored) so random weights do not change the work.
 """
 from __future__ import annotations
 

@@ -71,14 +71,18 @@ class Controller:
         self.rng.setstate(_tupled(state["rng"]))
         self.prompts.load_state(state["data"])
 
-    def step(self) -> dict[str, float]:
-        timings: dict[str, float] = {}
+    def draw(self, update: int) -> tuple[list, TensorDict, bool, int]:
+        """The examples, collated prompts, on/off-policy coin and sampling seed of `update`.
+        The seed is a function of the update, so a resumed run samples what the uninterrupted
+        run would have."""
         examples = self.prompts.next_examples(self.cfg.prompts_per_step)
         prompts = collate_prompts(examples, self.prompts.pad_id, self.prompts.teacher_pad_id)
         on_policy = self.rng.random() < self.cfg.on_policy_fraction
-        # The sampling seed is a function of the step, so a resumed run samples what the
-        # uninterrupted run would have.
-        seed = self.cfg.seed * 1_000_003 + self.updates
+        return examples, prompts, on_policy, self.cfg.seed * 1_000_003 + update
+
+    def step(self) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        examples, prompts, on_policy, seed = self.draw(self.updates)
         with timed(timings, "sync"):
             if on_policy:
                 self.sync(self.sync_every)
@@ -89,6 +93,11 @@ class Controller:
                 self.rollout.sleep()  # on a shared GPU: room for the teacher and student
             else:
                 batch = self.dataset.generate(prompts, [e.response_ids for e in examples])
+        return self.score_and_train(batch, timings, on_policy, lag)
+
+    def score_and_train(self, batch: TensorDict, timings: dict[str, float], on_policy: bool,
+                        lag: int) -> dict[str, float]:
+        """The rest of every step: teacher scores, student updates, the step's metrics."""
         with timed(timings, "score"):
             batch = self.teacher.score(batch)
         with timed(timings, "train"):

@@ -14,7 +14,6 @@ from typing import Callable
 
 from tensordict import TensorDict
 
-from ondistill.data import collate_prompts
 from trainer.controller import Controller, timed
 
 
@@ -24,8 +23,7 @@ class Pending:
 
     result: Callable[[], TensorDict]
     on_policy: bool
-    update: int  # the update it will be trained at
-    weights_from: int  # the update the sampler's weights come from
+    lag: int  # updates between the sampler's weights and the update it is trained at
     state_before: dict  # the controller's state before this batch was drawn
 
 
@@ -37,15 +35,13 @@ class OverlapController(Controller):
     def _launch(self, update: int) -> Pending:
         """Draw the prompts of `update` and start its generation."""
         before = Controller.state(self)
-        examples = self.prompts.next_examples(self.cfg.prompts_per_step)
-        prompts = collate_prompts(examples, self.prompts.pad_id, self.prompts.teacher_pad_id)
-        if self.rng.random() < self.cfg.on_policy_fraction:
+        examples, prompts, on_policy, seed = self.draw(update)
+        if on_policy:
             self.sync(self.sync_every)
-            return Pending(self.rollout.submit(prompts, seed=self.cfg.seed * 1_000_003 + update),
-                           True, update, self.synced, before)
+            return Pending(self.rollout.submit(prompts, seed=seed), True, update - self.synced,
+                           before)
         responses = [e.response_ids for e in examples]
-        return Pending(lambda: self.dataset.generate(prompts, responses), False, update, update,
-                       before)
+        return Pending(lambda: self.dataset.generate(prompts, responses), False, 0, before)
 
     def step(self) -> dict[str, float]:
         timings: dict[str, float] = {}
@@ -55,15 +51,7 @@ class OverlapController(Controller):
         with timed(timings, "sync"):  # the next batch samples from the newest weights
             ahead = self.updates + 1 < self.cfg.steps
             self.pending = self._launch(self.updates + 1) if ahead else None
-        with timed(timings, "score"):
-            batch = self.teacher.score(batch)
-        with timed(timings, "train"):
-            metrics = self.student.train_step(batch)
-        self.updates += 1
-        step_time = sum(timings.values())
-        return {**metrics, **timings, "on_policy": float(current.on_policy),
-                "rollout_lag": float(current.update - current.weights_from),
-                "tokens_per_s": metrics["response_tokens"] / step_time}
+        return self.score_and_train(batch, timings, current.on_policy, current.lag)
 
     def state(self) -> dict:
         """As of before the batch in flight was drawn: a resumed run draws it again (sampled by
