@@ -11,6 +11,10 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
   prompt_index     [B] int64, which prompt of the step a row came from (N samples share one)
   teacher_topk_ids / teacher_topk_logprobs  [B, R, k] int64 / float32: instead of
                    teacher_hidden, a teacher that can only send its top-k (teacher.topk > 0)
+  teacher_hidden_ipc  (not a tensor) instead of teacher_hidden when the teacher and a
+                   one-rank student share a GPU: a CUDA IPC handle of the teacher's
+                   [B, R, H] tensor, which the student maps (receive()) instead of receiving
+                   the bytes through host memory
 
 Cross-tokenizer batches (loss.cross_tokenizer != none; the teacher tokenizes the same text its
 own way, R_t teacher response slots, P_t teacher prompt slots; see ondistill/xtok/):
@@ -37,6 +41,7 @@ TEACHER_HIDDEN = "teacher_hidden"
 PROMPT_INDEX = "prompt_index"
 TEACHER_TOPK_IDS = "teacher_topk_ids"
 TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
+TEACHER_HIDDEN_IPC = "teacher_hidden_ipc"
 XT_PROMPT_IDS = "xt_prompt_ids"
 XT_PROMPT_MASK = "xt_prompt_mask"
 XT_RESPONSE_IDS = "xt_response_ids"
@@ -73,6 +78,7 @@ PROMPTS = (PROMPT_IDS, PROMPT_MASK, PROMPT_INDEX)
 ROLLOUT = PROMPTS + (RESPONSE_IDS, RESPONSE_MASK, ROLLOUT_LOGPROBS)
 SCORED = ROLLOUT + (TEACHER_HIDDEN,)
 SCORED_TOPK = ROLLOUT + (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)
+SCORED_IPC = ROLLOUT + (TEACHER_HIDDEN_IPC,)
 XT_PROMPTS = (XT_PROMPT_IDS, XT_PROMPT_MASK)
 SCORED_XT = ROLLOUT + (XT_RESPONSE_IDS, XT_RESPONSE_MASK, XT_HIDDEN, STUDENT_CHUNK, TEACHER_CHUNK)
 
@@ -81,6 +87,8 @@ def scored_keys(td: TensorDict) -> tuple[str, ...]:
     """The scored schema this batch claims: top-k, cross-tokenizer, or hidden states."""
     if TEACHER_TOPK_IDS in td.keys():
         return SCORED_TOPK
+    if TEACHER_HIDDEN_IPC in td.keys():
+        return SCORED_IPC
     return SCORED_XT if XT_HIDDEN in td.keys() else SCORED
 
 
@@ -94,6 +102,8 @@ def check(td: TensorDict, keys: tuple[str, ...], stage: str) -> TensorDict:
         if key not in td.keys():
             raise BatchError(f"{stage}: batch has no '{key}' (has {sorted(td.keys())}); "
                              f"the previous stage must produce it.")
+        if key == TEACHER_HIDDEN_IPC:
+            continue  # a handle; receive() checks the tensor it maps
         t = td.get(key)
         if t.dtype not in _DTYPES[key] or t.ndim != _NDIM[key]:
             raise BatchError(f"{stage}: batch key '{key}' is {t.dtype} with {t.ndim} dims; "
@@ -125,3 +135,13 @@ def response_positions(td: TensorDict) -> slice:
     p = td[PROMPT_IDS].shape[1]
     r = td[RESPONSE_IDS].shape[1]
     return slice(p - 1, p + r - 1)
+
+
+def receive(td: TensorDict) -> TensorDict:
+    """Map a teacher_hidden_ipc handle to teacher_hidden on this process's GPU (in place)."""
+    if TEACHER_HIDDEN_IPC in td.keys():
+        rebuild, args = td.get_non_tensor(TEACHER_HIDDEN_IPC)  # torch's reduce_tensor()
+        td.set(TEACHER_HIDDEN, rebuild(*args))
+        del td[TEACHER_HIDDEN_IPC]
+        check(td, SCORED, "receive teacher hidden states")
+    return td

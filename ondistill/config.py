@@ -61,6 +61,9 @@ class TeacherConfig:
     threads: int = 2
     micro_batch_size: int = 0  # hf: sequences per forward (bounds activation memory); 0 = all
     compile: bool | None = None  # hf: torch.compile each decoder block; null = on CUDA only
+    # hf: a one-rank student on the teacher's GPU maps the hidden states through CUDA IPC
+    # instead of receiving them through host memory
+    share_gpu: bool = True
 
 
 @dataclass

@@ -9,8 +9,9 @@ other, and writes one JSON file:
         --out $OUT/bench_gpu.json
 
 ondistill runs its real loop (Ray actors: vLLM rollout, HF teacher, FSDP2 student on one card,
-CUDA-IPC weight sync; decoder blocks torch.compile'd, the default on CUDA; with --overlap the
-next batch is generated while this one trains); per-step stage times come from its
+CUDA-IPC weight sync and teacher hidden states; decoder blocks torch.compile'd, the default on
+CUDA; with --overlap the next batch is generated while this one trains; --extra passes more
+overrides, e.g. teacher.share_gpu=false); per-step stage times come from its
 metrics.jsonl. TRL runs through scripts/trl_runner.py. Generation length is fixed (EOS
 ignored) so random weights do not change the work.
 """
@@ -166,6 +167,7 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "log.wandb=disabled", "log.plot=false", "log.progress=false",
         "ray.rollout.gpus=0.3", "ray.teacher.gpus=0.3", "ray.student.gpus=0.3",
     ]
+    overrides += a.extra
     if a.pair == "tiny-tiny":  # CPU check of this script: no GPU placement
         overrides = [o for o in overrides if not o.startswith("ray.")]
     start = time.perf_counter()
@@ -184,7 +186,7 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
     return {"system": "ondistill", "step_s": step_s, "tokens_per_step": tokens,
             "tokens_per_s": tokens / step_s, "stages_s": stage, "wall_s": wall,
             "peak_gpu_gib": mem.peak, "final_loss": rows[-1].get("loss"),
-            "alloc_retries": rows[-1].get("alloc_retries"), "overlap": a.overlap,
+            "alloc_retries": rows[-1].get("alloc_retries"), "overlap": a.overlap, "extra": a.extra,
             "rollout_lag": [r.get("rollout_lag") for r in steps]}
 
 
@@ -230,6 +232,8 @@ def main() -> None:
     p.add_argument("--overlap", action="store_true",
                    help="ondistill: generate the next batch while this one trains")
     p.add_argument("--chunk", type=int, default=1024)
+    p.add_argument("--extra", nargs="*", default=[],
+                   help="more ondistill overrides, e.g. teacher.share_gpu=false")
     p.add_argument("--systems", default="ondistill,trl_distillation_vllm,trl_distillation",
                    help="comma list of ondistill, trl_distillation_vllm, trl_distillation")
     p.add_argument("--workdir", default="/tmp/ondistill_bench")

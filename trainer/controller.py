@@ -99,7 +99,7 @@ class Controller:
                         lag: int) -> dict[str, float]:
         """The rest of every step: teacher scores, student updates, the step's metrics."""
         with timed(timings, "score"):
-            batch = self.teacher.score(batch)
+            batch = self.teacher.score(batch, hand_over=True)
         with timed(timings, "train"):
             metrics = self.student.train_step(batch)
         self.updates += 1

@@ -136,6 +136,9 @@ class Session:
             self.teacher = CrossTokenizerTeacher(self.teacher, translator)
         self.student = StudentGroup(cfg.student, cfg.loss, str(student_dir), str(teacher_dir),
                                     cfg.trainer.steps, cfg.ray.student)
+        if translator is None and self.teacher.share_gpu_with(self.student):
+            print("[ondistill] teacher hidden states reach the student through CUDA IPC "
+                  "(same GPU)", flush=True)
         print("[ondistill] placement (Ray node ids): rollout " + node_of(self.rollout.actor)
               + " teacher " + node_of(self.teacher.actor) + " student "
               + ",".join(node_of(a) for a in self.student.actors), flush=True)

@@ -108,7 +108,7 @@ class StudentWorker:
 
     def train_step(self, td: TensorDict, global_tokens: int, global_rows: int) -> dict[str, float]:
         """One optimizer step on this rank's rows, accumulated over micro-batches."""
-        B.check(td, B.scored_keys(td), "student.train_step")
+        td = B.receive(B.check(td, B.scored_keys(td), "student.train_step"))
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
         loss_sum = div_sum = 0.0
@@ -169,6 +169,7 @@ class StudentWorker:
     def token_stats(self, td: TensorDict, divergences: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """Per-response-token stats of this rank's rows (flattened over response_mask)."""
         self.model.eval()
+        td = B.receive(td)
         ids, mask, pos, start = self._inputs(td)
         keep = td[B.RESPONSE_MASK].to(self.device)
         th = td.get(B.TEACHER_HIDDEN, None)

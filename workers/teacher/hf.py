@@ -26,13 +26,20 @@ class HFTeacher:
         if wants_compile(cfg.compile, self.device):
             compile_blocks(self.decoder)
         self.topk, self.micro = cfg.topk, cfg.micro_batch_size
+        self.shared: torch.Tensor | None = None  # hidden states a student is mapping (IPC)
         if self.topk:  # a teacher that sends top-k must apply its own head
             self.head = OutputHead(lm.get_output_embeddings().weight.detach(),
                                    HeadSpec.from_config(lm.config.to_dict()))
 
     @torch.no_grad()
-    def score(self, batch: TensorDict) -> TensorDict:
+    def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
+        """share: keep the hidden states on this GPU and send a CUDA IPC handle instead
+        (B.TEACHER_HIDDEN_IPC), for a student on the same GPU; they stay alive until the next
+        call, by which time the student has trained on them."""
         B.check(batch, B.ROLLOUT, "teacher.score")
+        self.shared = None
+        if self.device.type == "cuda":
+            torch.cuda.ipc_collect()  # free the previous step's handed-over blocks
         ids, mask, pos = B.full_sequence(batch)
         rows, span = ids.shape[0], B.response_positions(batch)
         step = self.micro or rows
@@ -43,6 +50,13 @@ class HFTeacher:
             for i in range(0, rows, step)])
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
+        if not self.topk and share and self.device.type == "cuda":
+            from torch.multiprocessing.reductions import reduce_tensor
+
+            self.shared = hidden.contiguous()
+            torch.cuda.synchronize()  # the student reads it on another process's stream
+            batch.set_non_tensor(B.TEACHER_HIDDEN_IPC, reduce_tensor(self.shared))
+            return B.check(batch, B.SCORED_IPC, "teacher.score")
         if not self.topk:
             batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
             return B.check(batch, B.SCORED, "teacher.score")
