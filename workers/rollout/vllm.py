@@ -35,7 +35,8 @@ class VLLMRollout:
         limit = json.loads((Path(model_dir) / "config.json").read_text()).get(
             "max_position_embeddings", cfg.max_model_len)
         self.llm = LLM(model=model_dir, dtype="bfloat16" if self.on_gpu else "float32",
-                       enforce_eager=not self.on_gpu, distributed_executor_backend="uni",
+                       enforce_eager=not (self.on_gpu if cfg.compile is None else cfg.compile),
+                       distributed_executor_backend="uni",
                        seed=cfg.seed, max_model_len=min(cfg.max_model_len, limit),
                        gpu_memory_utilization=cfg.gpu_memory_utilization,
                        enable_sleep_mode=self.on_gpu, enable_prefix_caching=True,
