@@ -13,7 +13,7 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
                    teacher_hidden, a teacher that can only send its top-k (teacher.topk > 0)
   teacher_hidden_ipc  (not a tensor) instead of teacher_hidden when the teacher and a
                    one-rank student share a GPU: a CUDA IPC handle of the teacher's
-                   [B, R, H] tensor, which the student maps (receive()) instead of receiving
+                   [B, R, H] tensor, which the student maps (workers/weights.py) instead of receiving
                    the bytes through host memory
 
 Cross-tokenizer batches (loss.cross_tokenizer != none; the teacher tokenizes the same text its
@@ -103,7 +103,7 @@ def check(td: TensorDict, keys: tuple[str, ...], stage: str) -> TensorDict:
             raise BatchError(f"{stage}: batch has no '{key}' (has {sorted(td.keys())}); "
                              f"the previous stage must produce it.")
         if key == TEACHER_HIDDEN_IPC:
-            continue  # a handle; receive() checks the tensor it maps
+            continue  # a handle; the receiver checks the tensor it maps
         t = td.get(key)
         if t.dtype not in _DTYPES[key] or t.ndim != _NDIM[key]:
             raise BatchError(f"{stage}: batch key '{key}' is {t.dtype} with {t.ndim} dims; "
@@ -136,12 +136,3 @@ def response_positions(td: TensorDict) -> slice:
     r = td[RESPONSE_IDS].shape[1]
     return slice(p - 1, p + r - 1)
 
-
-def receive(td: TensorDict) -> TensorDict:
-    """Map a teacher_hidden_ipc handle to teacher_hidden on this process's GPU (in place)."""
-    if TEACHER_HIDDEN_IPC in td.keys():
-        rebuild, args = td.get_non_tensor(TEACHER_HIDDEN_IPC)  # torch's reduce_tensor()
-        td.set(TEACHER_HIDDEN, rebuild(*args))
-        del td[TEACHER_HIDDEN_IPC]
-        check(td, SCORED, "receive teacher hidden states")
-    return td

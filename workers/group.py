@@ -5,7 +5,6 @@ is attached at runtime. Ray is imported here (and in the actors), nowhere in ond
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import ray
@@ -86,7 +85,7 @@ class TeacherGroup:
                  place: Placement | None = None):
         cls = load_class(TEACHER_BACKENDS, backend)
         self.actor = _remote(cls, place or Placement()).remote(model_dir, cfg)
-        self.cfg, self.can_share = cfg, "share" in inspect.signature(cls.score).parameters
+        self.cfg, self.can_share = cfg, getattr(cls, "shares_gpu", False)
         self.share = False
 
     def share_gpu_with(self, student: "StudentGroup") -> bool:
@@ -245,8 +244,7 @@ def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
            "TOKENIZERS_PARALLELISM": "false", **MALLOC_ENV, **ZERO_COPY_ENV}
     kwargs.setdefault("runtime_env", {"env_vars": env,
                                       "worker_process_setup_hook": quiet_transport_warnings})
-    # The driver's serializer reads the switch when it connects, and ray is imported by now.
-    os.environ.update(ZERO_COPY_ENV)
+    # The driver's serializer reads the switch when it connects; ray was imported before it.
     from ray._private import ray_constants
     ray_constants.RAY_ENABLE_ZERO_COPY_TORCH_TENSORS = True
     quiet_transport_warnings()

@@ -1,4 +1,4 @@
-"""How student weights travel to the rollout engines.
+"""How student weights travel to the rollout engines, and teacher hidden states to the student.
 
 Two ways, chosen per engine by the sender:
   - by value: CPU tensors through Ray's object store (any node, any device);
@@ -6,13 +6,17 @@ Two ways, chosen per engine by the sender:
     sender's GPU memory crosses the process boundary and the engine copies device to device.
     This is what makes per-step syncs of a 1.7B student cheap on one card (no 3-7 GB trip
     through host memory and the object store).
-The sender must keep IPC'd tensors alive until the engine has flushed them.
+The sender must keep IPC'd tensors alive until the engine has flushed them. The same handles
+carry the teacher's hidden states to a one-rank student on its GPU (B.TEACHER_HIDDEN_IPC).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from tensordict import TensorDict
+
+from ondistill import batch as B
 
 Packed = Any  # a CPU tensor, or ("cuda_ipc", (rebuild_fn, args))
 
@@ -45,3 +49,12 @@ def unpack(item: Packed) -> torch.Tensor:
         rebuild, args = item[1]
         return rebuild(*args)
     return item
+
+
+def receive(td: TensorDict) -> TensorDict:
+    """Map a B.TEACHER_HIDDEN_IPC handle to B.TEACHER_HIDDEN on this process's GPU (in place)."""
+    if B.TEACHER_HIDDEN_IPC in td.keys():
+        td.set(B.TEACHER_HIDDEN, unpack(td.get_non_tensor(B.TEACHER_HIDDEN_IPC)))
+        del td[B.TEACHER_HIDDEN_IPC]
+        B.check(td, B.SCORED, "receive teacher hidden states")
+    return td

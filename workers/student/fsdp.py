@@ -16,6 +16,7 @@ from ondistill.heads import load_output_head
 from ondistill.losses import ObjectiveSpec
 from workers.compile import wants_compile
 from workers.student.model import KDModel, parallelize
+from workers.weights import receive
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -108,7 +109,7 @@ class StudentWorker:
 
     def train_step(self, td: TensorDict, global_tokens: int, global_rows: int) -> dict[str, float]:
         """One optimizer step on this rank's rows, accumulated over micro-batches."""
-        td = B.receive(B.check(td, B.scored_keys(td), "student.train_step"))
+        td = receive(B.check(td, B.scored_keys(td), "student.train_step"))
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
         loss_sum = div_sum = 0.0
@@ -169,7 +170,7 @@ class StudentWorker:
     def token_stats(self, td: TensorDict, divergences: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """Per-response-token stats of this rank's rows (flattened over response_mask)."""
         self.model.eval()
-        td = B.receive(td)
+        td = receive(td)
         ids, mask, pos, start = self._inputs(td)
         keep = td[B.RESPONSE_MASK].to(self.device)
         th = td.get(B.TEACHER_HIDDEN, None)

@@ -8,11 +8,15 @@ from ondistill import batch as B
 from ondistill.config import TeacherConfig
 from ondistill.heads import HeadSpec, OutputHead
 from workers.compile import compile_blocks, wants_compile
+from workers.weights import pack
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HFTeacher:
+    shares_gpu = True  # score(share=True): see TeacherGroup.share_gpu_with
+    shared: torch.Tensor | None = None  # hidden states a student is mapping (IPC)
+
     def __init__(self, model_dir: str, cfg: TeacherConfig):
         from transformers import AutoModelForCausalLM
 
@@ -26,7 +30,6 @@ class HFTeacher:
         if wants_compile(cfg.compile, self.device):
             compile_blocks(self.decoder)
         self.topk, self.micro = cfg.topk, cfg.micro_batch_size
-        self.shared: torch.Tensor | None = None  # hidden states a student is mapping (IPC)
         if self.topk:  # a teacher that sends top-k must apply its own head
             self.head = OutputHead(lm.get_output_embeddings().weight.detach(),
                                    HeadSpec.from_config(lm.config.to_dict()))
@@ -37,8 +40,8 @@ class HFTeacher:
         (B.TEACHER_HIDDEN_IPC), for a student on the same GPU; they stay alive until the next
         call, by which time the student has trained on them."""
         B.check(batch, B.ROLLOUT, "teacher.score")
-        self.shared = None
-        if self.device.type == "cuda":
+        if self.shared is not None:
+            self.shared = None
             torch.cuda.ipc_collect()  # free the previous step's handed-over blocks
         ids, mask, pos = B.full_sequence(batch)
         rows, span = ids.shape[0], B.response_positions(batch)
@@ -50,12 +53,10 @@ class HFTeacher:
             for i in range(0, rows, step)])
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
-        if not self.topk and share and self.device.type == "cuda":
-            from torch.multiprocessing.reductions import reduce_tensor
-
-            self.shared = hidden.contiguous()
+        if not self.topk and share:
+            self.shared = hidden
             torch.cuda.synchronize()  # the student reads it on another process's stream
-            batch.set_non_tensor(B.TEACHER_HIDDEN_IPC, reduce_tensor(self.shared))
+            batch.set_non_tensor(B.TEACHER_HIDDEN_IPC, pack(hidden, ipc=True))
             return B.check(batch, B.SCORED_IPC, "teacher.score")
         if not self.topk:
             batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
