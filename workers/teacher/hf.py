@@ -53,19 +53,19 @@ class HFTeacher:
             for i in range(0, rows, step)])
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
-        if not self.topk and share:
+        if self.topk:
+            top = torch.log_softmax(self.head.logits(hidden.flatten(0, 1)), -1).topk(self.topk, -1)
+            shape = (*hidden.shape[:2], self.topk)
+            batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape).cpu())
+            batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape).cpu())
+            return B.check(batch, B.SCORED_TOPK, "teacher.score")
+        if share:
             self.shared = hidden
             torch.cuda.synchronize()  # the student reads it on another process's stream
             batch.set_non_tensor(B.TEACHER_HIDDEN_IPC, pack(hidden, ipc=True))
             return B.check(batch, B.SCORED_IPC, "teacher.score")
-        if not self.topk:
-            batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
-            return B.check(batch, B.SCORED, "teacher.score")
-        top = torch.log_softmax(self.head.logits(hidden.flatten(0, 1)), -1).topk(self.topk, -1)
-        shape = (*hidden.shape[:2], self.topk)
-        batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape).cpu())
-        batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape).cpu())
-        return B.check(batch, B.SCORED_TOPK, "teacher.score")
+        batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
+        return B.check(batch, B.SCORED, "teacher.score")
 
     def shutdown(self) -> None:
         pass  # nothing runs outside this process
