@@ -196,7 +196,8 @@ def run_trl(a, teacher: Path, student: Path, prompts: Path, out: Path, use_vllm:
             "rows": str(prompts), "steps": a.steps, "batch": a.trl_batch,
             "max_new_tokens": a.new_tokens, "lr": 1e-4, "seed": 0, "threads": 8, "beta": 1.0,
             "use_vllm": use_vllm, "output_dir": str(out), "device": "cuda", "bf16": True,
-            "chat": False, "vllm_memory": a.vllm_memory}
+            "chat": False, "vllm_memory": a.vllm_memory,
+            "max_model_len": a.prompt_len + a.new_tokens + 16}
     start = time.perf_counter()
     with GpuMemory() as mem:
         proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "trl_runner.py"),

@@ -5,7 +5,8 @@ measure its peak memory alone. Prints one line `TRL_RESULT {json}` at the end.
 
 Keys of --json-args: config (on_policy | gkd_on | gkd_off), student, teacher (HF dirs),
 rows (a JSONL file of {"prompt", "response"} rows, already in step order), steps, batch,
-max_new_tokens, lr, beta, seed, threads, use_vllm, output_dir.
+max_new_tokens, lr, beta, seed, threads, use_vllm, output_dir; optional: device, bf16, chat,
+vllm_memory, max_model_len (vLLM's context, default 2048).
 
 TRL is used as shipped; fixed-length generation uses only its documented knobs:
 DistillationConfig.generation_kwargs ({"ignore_eos": True} for vLLM, {"min_new_tokens": N}
@@ -95,7 +96,7 @@ def build_distillation(a: dict[str, Any], rows: list[dict[str, str]], timer: Ste
         model_init_kwargs={"dtype": dtype(a)}, teacher_model_init_kwargs={"dtype": dtype(a)},
         max_completion_length=n, temperature=1.0, top_p=1.0, top_k=0, beta=a["beta"],
         generation_kwargs=gen, shuffle_dataset=False, use_vllm=a["use_vllm"],
-        vllm_mode="colocate", vllm_max_model_length=2048,
+        vllm_mode="colocate", vllm_max_model_length=a.get("max_model_len", 2048),
         vllm_gpu_memory_utilization=a.get("vllm_memory", 0.3))
     data = Dataset.from_list([{"prompt": prompt(a, r)} for r in rows])
     return DistillationTrainer(model=a["student"], teacher_model=a["teacher"], args=cfg,
