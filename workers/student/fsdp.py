@@ -213,6 +213,8 @@ class StudentWorker:
             ray.get([e.update_weights.remote([(n, pack(t, ipc)) for n, t in items])
                      for e, ipc in zip(engines, same_gpu)])
 
+        # Every name goes, a tied lm_head too: without "lm_head.weight" vLLM CPU's layer-wise
+        # reload keeps the old head (its log-probs then miss the student's by up to 0.4).
         for name in list(state):
             tensor = state.pop(name)  # frees the fp32 copy as soon as it is cast
             tensor = tensor.to(cast) if cast is not None and tensor.is_floating_point() else tensor
