@@ -192,8 +192,8 @@ def _step_fn(device: torch.device, fuse: str, views: Callable, spec: ObjectiveSp
     cuda = device.type == "cuda"
     if fuse == "auto" and cuda and _kernel_applies(views, spec, s_spec, t_spec):
         return functools.partial(_kl_kernel_step, spec=spec)
-    small = fuse == "auto" and not cuda and (logits < CPU_COMPILE_MIN_LOGITS or not _has_cxx())
-    mode = "none" if fuse == "none" or small else "compile"
+    cpu_eager = not cuda and (logits < CPU_COMPILE_MIN_LOGITS or not _has_cxx())
+    mode = "none" if fuse == "none" or (fuse == "auto" and cpu_eager) else "compile"
     key = (mode, cuda, views, spec, s_spec, t_spec)
     if key not in _steps:
         fn = functools.partial(_value_and_grad, views=views, spec=spec, s_spec=s_spec,
