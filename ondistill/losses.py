@@ -181,8 +181,8 @@ def _has_cxx() -> bool:
 
 def _step_fn(device: torch.device, fuse: str, views: Callable, spec: ObjectiveSpec,
              s_spec: HeadSpec, t_spec: HeadSpec | None, logits: int) -> Callable:
-    """(z_raw, t_chunk, weights, extras) -> (grad wrt z_raw, (loss, divergence)) for a chunk of
-    `logits` entries. fuse=auto takes the Triton KL kernel on CUDA where it applies; otherwise
+    """(z_raw, t_chunk, weights, extras) -> (grad wrt z_raw, (loss, divergence)) for chunks of
+    up to `logits` entries. fuse=auto takes the Triton KL kernel on CUDA where it applies; otherwise
     auto and compile run the generic step compiled once per distinct (device kind, teacher kind,
     specs), the specs bound as constants so that new batches never recompile (on CPU, auto only
     for chunks of at least CPU_COMPILE_MIN_LOGITS, with a C++ compiler). fuse=none runs the
@@ -219,14 +219,15 @@ class _Chunked(torch.autograd.Function):
         w_s = s_weight.detach()
         grad_h = torch.empty_like(s_hidden, dtype=w_s.dtype)
         grad_w = torch.zeros_like(w_s)
+        # One step for every chunk: a shorter last chunk reuses it (compiled with dynamic rows).
+        step = _step_fn(s_hidden.device, fuse, teacher.views, spec, s_spec, teacher.spec,
+                        min(chunk, s_hidden.shape[0]) * w_s.shape[0])
         total = torch.zeros((), dtype=torch.float32, device=s_hidden.device)
         div_sum = torch.zeros_like(total)
         for i in range(0, s_hidden.shape[0], chunk):
             j = i + chunk
             h = s_hidden[i:j].detach().to(w_s.dtype)
             ex = {k: v[i:j] for k, v in extras.items()}
-            step = _step_fn(s_hidden.device, fuse, teacher.views, spec, s_spec, teacher.spec,
-                            h.shape[0] * w_s.shape[0])
             g, (loss, div) = step(h @ w_s.T, teacher.chunk(i, j), weights[i:j].float(), ex)
             total += loss
             div_sum += div

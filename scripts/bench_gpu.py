@@ -150,6 +150,11 @@ class GpuMemory:
         self._thread.join()
 
 
+def context(a) -> int:
+    """The engines' context length, both systems: prompt + response and a little slack."""
+    return a.prompt_len + a.new_tokens + 16
+
+
 def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> dict:
     overrides = [
         f"model.teacher={teacher}", f"model.student={student}", "model.student_keep_layers=[]",
@@ -157,7 +162,7 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         f"data.max_prompt_tokens={a.prompt_len}",
         "rollout.backend=vllm", f"rollout.max_new_tokens={a.new_tokens}", "rollout.ignore_eos=true",
         f"rollout.n_samples={a.samples}", f"trainer.overlap={str(a.overlap).lower()}",
-        f"rollout.max_model_len={a.prompt_len + a.new_tokens + 16}",
+        f"rollout.max_model_len={context(a)}",
         f"rollout.gpu_memory_utilization={a.vllm_memory}",
         "teacher.dtype=bfloat16", f"teacher.micro_batch_size={a.teacher_micro}",
         "student.param_dtype=bfloat16", f"student.micro_batch_size={a.student_micro}",
@@ -197,7 +202,7 @@ def run_trl(a, teacher: Path, student: Path, prompts: Path, out: Path, use_vllm:
             "max_new_tokens": a.new_tokens, "lr": 1e-4, "seed": 0, "threads": 8, "beta": 1.0,
             "use_vllm": use_vllm, "output_dir": str(out), "device": "cuda", "bf16": True,
             "chat": False, "vllm_memory": a.vllm_memory,
-            "max_model_len": a.prompt_len + a.new_tokens + 16}
+            "max_model_len": context(a)}
     start = time.perf_counter()
     with GpuMemory() as mem:
         proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "trl_runner.py"),
