@@ -40,6 +40,10 @@ def engines(ray_local, smollm2_dir):
     ray.kill(actor)
 
 
+# Relative to the activations' size plus a small absolute floor for values near zero.
+HIDDEN_TOL = {"rtol": 1e-4, "atol": 1e-4}
+
+
 def mixed_batch():
     """Prompts of 3..9 tokens (left-padded), responses of 1..12 tokens (right-padded)."""
     g = torch.Generator().manual_seed(0)
@@ -58,7 +62,9 @@ def test_hidden_states_equal_hf(engines):
     m = a[B.RESPONSE_MASK]
     assert a[B.TEACHER_HIDDEN].shape == b[B.TEACHER_HIDDEN].shape
     assert a[B.TEACHER_HIDDEN][m].abs().mean() > 0.1  # real values, not padding
-    torch.testing.assert_close(a[B.TEACHER_HIDDEN][m], b[B.TEACHER_HIDDEN][m], rtol=0, atol=1e-4)
+    # float32 engines with different reduction orders: hidden values reach ~24, so the error
+    # scales with them (seen: 1.1e-4 absolute, 4e-6 relative on another CPU).
+    torch.testing.assert_close(a[B.TEACHER_HIDDEN][m], b[B.TEACHER_HIDDEN][m], **HIDDEN_TOL)
 
 
 def test_recomputed_logits_give_the_same_kd_loss(engines, smollm2_dir):
@@ -97,7 +103,7 @@ def test_weight_update_changes_outputs_to_the_new_weights(engines, smollm2_dir):
     m = after[B.RESPONSE_MASK]
     assert (after[B.TEACHER_HIDDEN][m] - before[m]).abs().max() > 1e-2
     torch.testing.assert_close(after[B.TEACHER_HIDDEN][m], expected[B.TEACHER_HIDDEN][m],
-                               rtol=0, atol=1e-4)
+                               **HIDDEN_TOL)
 
 
 def test_run_with_sglang_teacher(ray_local, tiny_dirs, prompts_file, tmp_path):
