@@ -31,6 +31,7 @@ class Example:
     prompt_ids: list[int]
     response_ids: list[int] | None  # tokenized reference response, EOS included
     teacher_prompt_ids: list[int] | None = None  # cross-tokenizer: in the teacher's template
+    prompt: str = ""  # the row's text, for reading the answers (evaluation samples)
 
 
 def _prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
@@ -50,6 +51,9 @@ def _check_row(raw: str, where: str) -> dict:
     if not isinstance(row, dict):
         raise DataError(f"{where}: is a JSON {type(row).__name__}, not an object with a 'prompt'.")
     prompt = row.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise DataError(f"{where}: 'prompt' is a {_json_kind(prompt)}, not a string; give the "
+                        "prompt's text in quotes.")
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{where}: 'prompt' is missing or empty; give a non-empty string.")
     response = row.get("response")
@@ -59,32 +63,61 @@ def _check_row(raw: str, where: str) -> dict:
     return row
 
 
+def _json_kind(value) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "list",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def read_rows(cfg: DataConfig) -> tuple[list[tuple[str, dict]], int]:
+    """The file's checked rows as (file:line, row), and how many bad rows were skipped. Text
+    checks only (no tokenizer), so bad data stops a run before any model is prepared. Each
+    line is decoded on its own: one line of bad UTF-8 names its line and can be skipped."""
+    path = BUILTIN_PROMPTS if cfg.prompts == "builtin" else Path(cfg.prompts).expanduser()
+    if not path.exists():
+        raise DataError(f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
+                        '{"prompt": ...} rows or data.prompts=builtin.')
+    if path.is_dir():
+        raise DataError(f"data.prompts='{cfg.prompts}' is a directory; give the path of a JSONL "
+                        "file inside it.")
+    rows, skipped = [], 0
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        where = f"{path}:{lineno}"
+        try:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the "
+                                "file as UTF-8 JSONL.") from None
+            if text.strip():
+                rows.append((where, _check_row(text, where)))
+        except DataError as e:
+            if cfg.bad_rows == "error":
+                raise DataError(f"{e} (or set data.bad_rows=skip to skip such rows)") from None
+            skipped += 1
+    return rows, skipped
+
+
 class PromptSet:
     """Tokenized prompts with a held-out split. Shuffles per epoch from a seed."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, teacher_tokenizer=None):
+    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, teacher_tokenizer=None,
+                 rows: tuple[list[tuple[str, dict]], int] | None = None):
         """teacher_tokenizer: a different tokenizer of the teacher (cross-tokenizer KD); each
-        prompt is then also rendered in the teacher's own chat template."""
-        path = BUILTIN_PROMPTS if cfg.prompts == "builtin" else Path(cfg.prompts).expanduser()
-        if not path.exists():
-            raise DataError(f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
-                            '{"prompt": ...} rows or data.prompts=builtin.')
+        prompt is then also rendered in the teacher's own chat template. rows: read_rows(cfg),
+        if the caller has already read them."""
+        checked, self.skipped = rows or read_rows(cfg)
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
         self.pad_id = pad_id_of(tokenizer)
-        self.skipped = 0
         examples = []
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not raw.strip():
-                continue
+        for where, row in checked:
             try:
-                examples.append(self._encode(_check_row(raw, f"{path}:{lineno}"), cfg,
-                                             f"{path}:{lineno}"))
+                examples.append(self._encode(row, cfg, where))
             except DataError as e:
                 if cfg.bad_rows == "error":
                     raise DataError(f"{e} (or set data.bad_rows=skip to skip such rows)") from None
                 self.skipped += 1
         if len(examples) <= cfg.eval_size:
-            raise DataError(f"{path} has {len(examples)} usable rows, but data.eval_size="
+            raise DataError(f"{cfg.prompts} has {len(examples)} usable rows, but data.eval_size="
                             f"{cfg.eval_size} are held out; add rows or lower data.eval_size.")
         cut = len(examples) - cfg.eval_size
         self.train, self.eval = examples[:cut], examples[cut:]
@@ -106,7 +139,7 @@ class PromptSet:
         teacher_ids = None
         if self.teacher_tokenizer is not None:
             teacher_ids = _prompt_ids(self.teacher_tokenizer, row["prompt"], cfg.chat_template)
-        return Example(ids, response, teacher_ids)
+        return Example(ids, response, teacher_ids, row["prompt"])
 
     def require_responses(self, why: str) -> None:
         """Off-policy batches need a reference response on every training row."""

@@ -42,11 +42,28 @@ def main(dcfg: DictConfig) -> None:
     from trainer.run import run
 
     cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
-    out_dir = Path(cfg.trainer.output_dir or HydraConfig.get().runtime.output_dir)
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir = Path(cfg.trainer.output_dir) if cfg.trainer.output_dir else hydra_dir
     try:
         run(cfg, out_dir)
     except (ConfigError, DataError) as e:
+        _drop_if_unused(hydra_dir)
         sys.exit(f"error: {e}")
+    if out_dir != hydra_dir:  # the run wrote to trainer.output_dir; Hydra's own is unused
+        _drop_if_unused(hydra_dir)
+
+
+def _drop_if_unused(hydra_dir: Path) -> None:
+    """A run refused on bad input (or writing elsewhere) leaves no runs/<time>/ behind: remove
+    Hydra's directory if it holds only what Hydra itself wrote there."""
+    import shutil
+
+    if hydra_dir.is_dir() and {p.name for p in hydra_dir.iterdir()} <= {".hydra", "main.log"}:
+        shutil.rmtree(hydra_dir, ignore_errors=True)
+        try:
+            hydra_dir.parent.rmdir()  # runs/ too, if this was its only run
+        except OSError:
+            pass  # other runs live there
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ into place only when complete, so an interrupted conversion is never mistaken fo
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import os
 import shutil
@@ -97,6 +98,9 @@ def convert_builtin(name: str, cache_dir: Path) -> Path:
     def build(tmp: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # a one-off conversion: the run's own lines say what happens
 
         scratch = tmp / "gguf"
         scratch.mkdir()
@@ -139,7 +143,21 @@ def resolve(path: str, cache_dir: str) -> Path:
     if not (local / "config.json").exists():
         raise ConfigError(f"model path '{path}' has no config.json; give a local Hugging Face "
                           f"model directory or builtin:smollm2-135m-instruct.")
+    model_config(local)
     return local
+
+
+def model_config(model_dir: Path) -> dict:
+    """The directory's config.json, or a ConfigError saying what is wrong with it."""
+    path = model_dir / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); restore the model's config.json "
+                          "(e.g. copy it again from where the model came from).") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ConfigError(f"{path} has no 'model_type'; it is not a Hugging Face model config.")
+    return config
 
 
 def derive_student(source: Path, keep_layers: list[int], cache_dir: str) -> Path:
@@ -147,6 +165,11 @@ def derive_student(source: Path, keep_layers: list[int], cache_dir: str) -> Path
     and head are kept whole). Cached by source path and layer list."""
     if not keep_layers:
         return source
+    count = model_config(source).get("num_hidden_layers", 0)
+    bad = [i for i in keep_layers if not 0 <= i < count]
+    if bad:  # before any weights load
+        raise ConfigError(f"model.student_keep_layers has {bad}, but the source model has "
+                          f"layers 0..{count - 1}.")
     key = hashlib.sha1(f"{source.resolve()}:{list(keep_layers)}".encode()).hexdigest()[:10]
     final = Path(cache_dir).expanduser() / "models" / f"{source.name}-layers{len(keep_layers)}-{key}"
     if (final / "config.json").exists():
@@ -155,13 +178,12 @@ def derive_student(source: Path, keep_layers: list[int], cache_dir: str) -> Path
     def build(tmp: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # a one-off conversion: the run's own lines say what happens
 
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         layers = model.model.layers
-        bad = [i for i in keep_layers if not 0 <= i < len(layers)]
-        if bad:
-            raise ConfigError(f"model.student_keep_layers has {bad}, but the source model has "
-                              f"layers 0..{len(layers) - 1}.")
         model.model.layers = torch.nn.ModuleList([layers[i] for i in keep_layers])
         for new_idx, layer in enumerate(model.model.layers):
             layer.self_attn.layer_idx = new_idx  # KV-cache slot

@@ -166,7 +166,7 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         f"rollout.gpu_memory_utilization={a.vllm_memory}",
         "teacher.dtype=bfloat16", f"teacher.micro_batch_size={a.teacher_micro}",
         "student.param_dtype=bfloat16", f"student.micro_batch_size={a.student_micro}",
-        "student.warmup_steps=0", f"loss.chunk_size={a.chunk}",
+        "student.warmup_steps=0", f"loss.chunk_size={a.chunk}", "trainer.stages=[]",
         f"trainer.steps={a.steps}", f"trainer.prompts_per_step={a.prompts}",
         "trainer.checkpoint_every=-1", "trainer.save_student=false", f"trainer.output_dir={out}",
         "log.wandb=disabled", "log.plot=false", "log.progress=false",

@@ -36,6 +36,9 @@ PY = sys.executable
 
 # config -> (ondistill overrides, TRL settings). beta follows TRL's generalized JSD, which
 # ondistill's jsd matches (0 forward KL, 1 reverse KL).
+# The 6-layer student every recorded CPU result used (the default job's student changed since).
+BENCH_LAYERS = [0, 6, 12, 18, 24, 29]
+
 CONFIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "on_policy": (["loss.divergence=reverse_kl"], {"beta": 1.0}),  # DistillationTrainer
     "gkd_on": (["loss.divergence=jsd", "loss.jsd_beta=0.5"], {"beta": 0.5}),  # GKD lmbda=1
@@ -118,6 +121,7 @@ def run_ondistill(name: str, args: argparse.Namespace, work: Path) -> dict[str, 
     out = work / "ondistill_out"
     n, t = args.prompts_per_step, args.threads
     overrides = CONFIGS[name][0] + [
+        f"model.student_keep_layers=[{','.join(map(str, BENCH_LAYERS))}]", "trainer.stages=[]",
         f"trainer.steps={args.steps}", f"trainer.prompts_per_step={n}", "trainer.seed=0",
         "rollout.n_samples=1", f"rollout.max_new_tokens={args.max_new_tokens}",
         "rollout.ignore_eos=true", "rollout.backend=vllm", "rollout.temperature=1.0",
@@ -191,8 +195,7 @@ def prepare_rows(args: argparse.Namespace, work: Path) -> tuple[dict[str, str], 
 
     mc = ModelConfig()
     teacher = resolve(mc.teacher, mc.cache_dir)
-    student = derive_student(resolve(mc.student, mc.cache_dir), list(mc.student_keep_layers),
-                             mc.cache_dir)
+    student = derive_student(resolve(mc.student, mc.cache_dir), BENCH_LAYERS, mc.cache_dir)
     tok = AutoTokenizer.from_pretrained(student)
     prompts = PromptSet(DataConfig(eval_size=0), tok, seed=0)
     raw = [json.loads(x) for x in BUILTIN_PROMPTS.read_text().splitlines() if x.strip()]

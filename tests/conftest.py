@@ -118,3 +118,14 @@ def ray_local():
     init_ray(num_cpus=8)
     yield
     ray.shutdown()
+
+
+def dynamo_graphs(actor) -> int:
+    """How many graphs torch.compile has built in a Ray actor's process (0: all eager)."""
+    import ray
+
+    def count(_self):
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    return ray.get(actor.__ray_call__.remote(count))

@@ -3,9 +3,12 @@
 as the placement config says, and an impossible request is refused before any actor starts."""
 import os
 import re
+import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,17 +22,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert proc.poll() is None, "ray start exited early"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"no Ray head on port {port} after {seconds:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop one `ray start --block` and every process it started (its own process group):
+    this cluster only, never other Ray instances on the machine."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    """Head and worker with token authentication on (cluster.sh's default); the token is this
+    test's own, given to every node and the driver through RAY_AUTH_TOKEN_PATH."""
+    token = tmp_path_factory.mktemp("auth") / "token"
+    token.write_text(secrets.token_hex(32))  # the form `ray get-auth-token --generate` writes
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env["RAY_AUTH_TOKEN_PATH"], env["RAY_AUTH_MODE"] = str(token), "token"  # for `ray status`
     port = free_port()
     script = ROOT / "scripts" / "cluster.sh"
-    subprocess.run([script, "head", str(port), '{"node_a": 4}'], check=True, env=env,
-                   capture_output=True)
-    subprocess.run([script, "worker", f"127.0.0.1:{port}", '{"node_b": 4}'], check=True,
-                   env=env, capture_output=True)
-    yield f"127.0.0.1:{port}", env
-    subprocess.run([script, "stop"], env=env, capture_output=True)
+    nodes = [subprocess.Popen([script, "head", str(port), '{"node_a": 4}', "--block"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    try:
+        _wait_for_port(port, nodes[0])
+        nodes.append(subprocess.Popen([script, "worker", f"127.0.0.1:{port}", '{"node_b": 4}',
+                                       "--block"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        deadline = time.time() + 120
+        while "node_b" not in subprocess.run(  # the worker node has joined
+                [Path(sys.executable).parent / "ray", "status", f"--address=127.0.0.1:{port}"],
+                env=env, capture_output=True, text=True).stdout:
+            assert time.time() < deadline and nodes[1].poll() is None, "worker did not join"
+            time.sleep(1)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        for proc in reversed(nodes):
+            _stop(proc)
 
 
 def submit(cluster, tmp_path, tiny_dirs, prompts_file, *extra):
@@ -64,3 +110,15 @@ def test_impossible_request_is_refused_before_work(cluster, tmp_path, tiny_dirs,
                  "+ray.student.resources.node_b=3")
     assert job.returncode != 0
     assert "ask Ray for 6 node_b but the cluster has 4" in job.stderr
+
+
+def test_driver_without_the_token_is_refused(cluster, tmp_path):
+    address, env = cluster
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text(secrets.token_hex(32))
+    job = subprocess.run(
+        [sys.executable, "-c", f"import ray; ray.init(address='{address}'); print(ray.nodes())"],
+        env={**env, "RAY_AUTH_TOKEN_PATH": str(wrong)},
+        capture_output=True, text=True, timeout=120)
+    assert job.returncode != 0
+    assert "auth" in (job.stdout + job.stderr).lower()

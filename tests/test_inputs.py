@@ -1,5 +1,6 @@
 """Bad input fails early with one sentence naming what is wrong and how to fix it."""
 import json
+import re
 import subprocess
 import sys
 
@@ -17,12 +18,20 @@ from ondistill.models import resolve
     ("loss.divergence", "l2", "loss.divergence='l2' is not valid"),
     ("rollout.temperature", 0.0, "rollout.temperature=0.0 is out of range; it must be > 0"),
     ("trainer.on_policy_fraction", 1.5, "trainer.on_policy_fraction=1.5 is out of range"),
+    ("student.warmup_steps", -1, "student.warmup_steps=-1 is out of range; it must be >= 0"),
+    ("student.min_lr_ratio", 1.5, "student.min_lr_ratio=1.5 is out of range; it must be in [0, 1]"),
+    ("rollout.threads", 0, "rollout.threads=0 is out of range; it must be >= 1"),
+    ("teacher.threads", -2, "teacher.threads=-2 is out of range"),
+    ("student.threads", 0, "student.threads=0 is out of range"),
+    ("rollout.max_model_len", 100, "rollout.max_model_len=100 cannot hold a prompt of "
+                                   "data.max_prompt_tokens=128 plus rollout.max_new_tokens=48; "
+                                   "set rollout.max_model_len>=176"),
 ])
 def test_bad_config_values(key, value, needle):
     cfg = Config()
     section, field = key.split(".")
     setattr(getattr(cfg, section), field, value)
-    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
         validate(cfg)
 
 
@@ -77,9 +86,9 @@ def test_batch_check_names_the_key():
         B.check(td, B.PROMPTS, "rollout.generate")
 
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=120, cwd=None):
     return subprocess.run([sys.executable, "-m", "ondistill.main", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, cwd=cwd)
 
 
 def test_cli_prints_config_and_rejects_bad_keys_before_work():
@@ -95,17 +104,176 @@ def test_cli_prints_config_and_rejects_bad_keys_before_work():
     assert "model path '/nonexistent' has no config.json" in missing.stderr
 
 
-def test_mismatched_tokenizers_are_refused_before_any_model_loads(tmp_path, tiny_dirs):
+def _weightless_copy(src, dst):
+    """A model directory with its config and tokenizer but no weights: anything that tries to
+    load the model from it fails, so an error about it proves no model was loaded."""
     import shutil
 
-    from trainer.run import check_tokenizers
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return dst
 
-    other = tmp_path / "other-student"
-    shutil.copytree(tiny_dirs[1], other)
+
+def _tiny_cfg(tiny_dirs, tmp_path, prompts="builtin"):
+    cfg = Config()
+    cfg.model.teacher, cfg.model.student = str(tiny_dirs[0]), str(tiny_dirs[1])
+    cfg.model.student_keep_layers, cfg.model.cache_dir = [], str(tmp_path / "cache")
+    cfg.data.prompts = str(prompts)
+    return cfg
+
+
+def test_mismatched_tokenizers_are_refused_before_any_model_loads(tmp_path, tiny_dirs):
+    from trainer.run import check_tokenizers, prepare
+
+    other = _weightless_copy(tiny_dirs[1], tmp_path / "other-student")
     tok = AutoTokenizer.from_pretrained(other)
     tok.add_tokens(["<only-in-the-student>"])
     tok.save_pretrained(other)
+    cfg = _tiny_cfg(tiny_dirs, tmp_path)
+    cfg.model.teacher = str(_weightless_copy(tiny_dirs[0], tmp_path / "teacher"))
+    cfg.model.student = str(other)
     with pytest.raises(ConfigError, match="tokenize differently; pick a student with the "
                                           "teacher's tokenizer"):
-        check_tokenizers(tiny_dirs[0], other)
-    assert check_tokenizers(tiny_dirs[0], tiny_dirs[1]) is not None
+        prepare(cfg)
+    student_tok, teacher_tok = check_tokenizers(tiny_dirs[0], tiny_dirs[1])
+    assert teacher_tok is None and len(student_tok) == len(tok) - 1  # the student's own
+    with pytest.raises(ConfigError, match="loss.cross_tokenizer=exact is for a teacher with "
+                                          "another tokenizer, but teacher and student share one"):
+        check_tokenizers(tiny_dirs[0], tiny_dirs[1], "exact")
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"\xff\xfe\x00binary", "p.jsonl:3: not UTF-8 text (byte 0 of the line)"),
+    (b'{"prompt": 42}', "p.jsonl:3: 'prompt' is a number, not a string"),
+    (b'{"prompt": ["a"]}', "p.jsonl:3: 'prompt' is a list, not a string"),
+])
+def test_bad_bytes_and_types_name_the_line_and_can_be_skipped(tmp_path, tiny_dirs, content, needle):
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[1])
+    path = tmp_path / "p.jsonl"
+    good = [json.dumps({"prompt": f"p{i}"}).encode() for i in range(5)]
+    path.write_bytes(b"\n".join(good[:2] + [content] + good[2:]) + b"\n")
+    with pytest.raises(DataError, match=re.escape(needle)):
+        PromptSet(DataConfig(prompts=str(path), eval_size=1), tok)
+    skipped = PromptSet(DataConfig(prompts=str(path), eval_size=1, bad_rows="skip"), tok)
+    assert skipped.skipped == 1 and len(skipped.train) + len(skipped.eval) == 5
+
+
+def test_prompts_path_that_is_a_directory(tmp_path, tiny_dirs):
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[1])
+    with pytest.raises(DataError, match="is a directory; give the path of a JSONL file"):
+        PromptSet(DataConfig(prompts=str(tmp_path)), tok)
+
+
+def test_data_errors_come_before_any_model_is_converted(tmp_path, tiny_dirs):
+    """A builtin teacher on a cold cache takes 1-2 minutes to convert: bad data must stop the
+    run first, with nothing written to the cache."""
+    from trainer.run import prepare
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{oops\n')
+    cfg = _tiny_cfg(tiny_dirs, tmp_path, bad)
+    cfg.model.teacher = "builtin:smollm2-135m-instruct"
+    with pytest.raises(DataError, match="bad.jsonl:2: not valid JSON"):
+        prepare(cfg)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_malformed_model_config_is_one_sentence(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "llama", ')
+    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
+        resolve(str(tmp_path / "m"), str(tmp_path))
+
+
+def test_keep_layers_out_of_range_before_weights_load(tmp_path, tiny_dirs):
+    from ondistill.models import derive_student
+
+    source = _weightless_copy(tiny_dirs[0], tmp_path / "teacher")  # 4 layers, no weights
+    with pytest.raises(ConfigError, match=r"student_keep_layers has \[99\], but the source "
+                                          r"model has layers 0..3"):
+        derive_student(source, [0, 99], str(tmp_path / "cache"))
+
+
+def test_output_dir_and_resume_are_checked_before_models(tmp_path, tiny_dirs):
+    from trainer.run import prepare
+
+    cfg = _tiny_cfg(tiny_dirs, tmp_path)
+    cfg.model.teacher = "builtin:smollm2-135m-instruct"  # would convert into the cache
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="trainer.output_dir=.*taken is a file; give a directory"):
+        prepare(cfg, a_file)
+    cfg.trainer.resume = str(tmp_path / "nope" / "step_000004")
+    with pytest.raises(ConfigError, match="trainer.resume=.* is not a complete checkpoint"):
+        prepare(cfg, tmp_path / "out")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_stop_token_outside_vocabulary(tmp_path, tiny_dirs):
+    from trainer.run import prepare
+
+    cfg = _tiny_cfg(tiny_dirs, tmp_path)
+    cfg.rollout.stop_token_ids = [2, 10**6]
+    with pytest.raises(ConfigError, match=r"rollout.stop_token_ids has \[1000000\], outside the "
+                                          "student's vocabulary of 49152 tokens"):
+        prepare(cfg)
+
+
+def test_unreachable_cluster_fails_fast_and_writes_nothing(tmp_path, tiny_dirs):
+    import time
+
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    res = _cli(f"model.teacher={tiny_dirs[0]}", f"model.student={tiny_dirs[1]}",
+               "model.student_keep_layers=[]", f"model.cache_dir={tmp_path}",
+               "ray.address=127.0.0.1:1", f"trainer.output_dir={out}", cwd=tmp_path)
+    assert res.returncode != 0
+    assert "ray.address=127.0.0.1:1: no Ray cluster answers there" in res.stderr
+    assert time.perf_counter() - start < 90
+    assert not out.exists()
+    assert not (tmp_path / "runs").exists()  # Hydra's run directory is not left behind
+
+
+def test_refused_run_leaves_no_run_directory(tmp_path):
+    res = _cli("model.teacher=/nonexistent", cwd=tmp_path)
+    assert res.returncode != 0 and "has no config.json" in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_stage_schedule_follows_shares_and_refuses_bad_stages():
+    from ondistill.config import StageConfig, schedule, stage_at
+
+    cfg = Config()
+    cfg.trainer.steps = 7
+    cfg.trainer.stages = [StageConfig("a", 0.3, 0.0, "forward_kl"), StageConfig("b", 0.3),
+                          StageConfig("c")]
+    stages = schedule(cfg)
+    assert [(s.name, s.first, s.steps) for s in stages] == [("a", 0, 2), ("b", 2, 2), ("c", 4, 3)]
+    assert [stage_at(stages, u).name for u in range(7)] == list("aabbccc")
+    assert stages[1].divergence == cfg.loss.divergence  # unset: the run's own setting
+    cfg.trainer.stages = [StageConfig("a"), StageConfig("b")]
+    with pytest.raises(ConfigError, match=re.escape("trainer.stages[0] has no share")):
+        validate(cfg)
+    cfg.trainer.stages = [StageConfig("a", 0.7), StageConfig("b", 0.7)]
+    with pytest.raises(ConfigError, match=re.escape("all shares together at most 1")):
+        validate(cfg)
+    cfg.trainer.stages = [StageConfig("a", 0.5, divergence="l2"), StageConfig("b")]
+    with pytest.raises(ConfigError, match=re.escape("trainer.stages[0].divergence='l2' is not valid")):
+        validate(cfg)
+    cfg.trainer.stages = [StageConfig("a", 0.5, 0.0, objective="policy_gradient"), StageConfig("b")]
+    with pytest.raises(ConfigError, match=re.escape("trainer.stages[0] trains loss.objective="
+                                                    "policy_gradient, which needs on-policy")):
+        validate(cfg)
+
+
+def test_setting_that_every_stage_replaces_is_refused():
+    from ondistill.config import StageConfig
+
+    cfg = Config()
+    cfg.trainer.stages = [StageConfig("a", 0.5, 0.0, "forward_kl"),
+                          StageConfig("b", None, 0.5, "forward_kl")]
+    validate(cfg)
+    cfg.loss.divergence = "jsd"
+    with pytest.raises(ConfigError, match=re.escape(
+            "loss.divergence=jsd has no effect: every stage of trainer.stages sets its own "
+            "divergence; set it per stage (e.g. trainer.stages.1.divergence=jsd)")):
+        validate(cfg)

@@ -33,4 +33,4 @@ def test_recipe_smoke_run(ray_local, tiny_dirs, prompts_file, tmp_path, recipe):
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
     assert len(train) == 3 and all(math.isfinite(r["loss"]) and r["kl"] >= 0 for r in train)
-    assert set(results) == {"before", "after"}
+    assert set(results) == {"before", "after", "teacher"}

@@ -64,9 +64,10 @@ def test_worker_killed_mid_run_recovers_with_same_losses(ray_local, reference, t
             if sum('"loss"' in r for r in rows) >= 3:
                 break
             time.sleep(0.2)
-        # Ray titles each actor process "ray::<Class>.<method>"
-        victim = next(p for p in psutil.process_iter(["cmdline"])
-                      if (p.info["cmdline"] or [""])[0].startswith("ray::StudentWorker"))
+        # Ray titles each actor process "ray::<Class>.<method>". Only this test's own Ray (its
+        # processes descend from this one) is searched: another run's workers are not ours.
+        victim = next(p for p in psutil.Process().children(recursive=True)
+                      if (p.cmdline() or [""])[0].startswith("ray::StudentWorker"))
         victim.send_signal(signal.SIGKILL)
 
     killer = threading.Thread(target=kill_student_after_step_3)
@@ -88,7 +89,8 @@ def test_driver_killed_then_resumed_gives_same_losses(reference, tiny_dirs, prom
                  "rollout.max_new_tokens=12", "rollout.threads=1", "teacher.threads=1",
                  "student.threads=1", "student.lr=3e-3", "student.warmup_steps=0",
                  "trainer.steps=6", "trainer.prompts_per_step=4", "trainer.checkpoint_every=2",
-                 "trainer.on_policy_fraction=0.5", "trainer.save_student=false",
+                 "trainer.on_policy_fraction=0.5", "trainer.stages=[]",
+                 "trainer.save_student=false",
                  f"trainer.output_dir={out}", "log.wandb=disabled", "log.progress=false",
                  "log.plot=false", "ray.num_cpus=8"]
     cmd = [sys.executable, "-m", "ondistill.main", *overrides]
@@ -100,8 +102,9 @@ def test_driver_killed_then_resumed_gives_same_losses(reference, tiny_dirs, prom
         time.sleep(0.2)
     time.sleep(1.0)  # somewhere inside step 3
     os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
-    first.wait()
-    assert checkpoint.latest(out / "checkpoints") is not None
+    assert first.wait() == -signal.SIGKILL  # killed, not finished
+    interrupted_at = checkpoint.latest(out / "checkpoints")
+    assert interrupted_at is not None and interrupted_at.name != "step_000006", interrupted_at
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resumed from step_" in second.stdout + second.stderr

@@ -43,12 +43,16 @@ def test_compiled_decode_samples_what_eager_does(ray_local, tiny_dirs):
 
     _, student_dir = tiny_dirs
     prompts = collate_prompts([Example([1, 10, 11, 12], None), Example([1, 20], None)], 2)
-    out = {}
+    from tests.conftest import dynamo_graphs
+
+    out, graphs = {}, {}
     for compiled in (False, True):
         engine = RolloutGroup("vllm", str(student_dir), RolloutConfig(
             n_samples=2, max_new_tokens=10, threads=1, compile=compiled))
         out[compiled] = engine.generate(prompts, seed=3)
+        graphs[compiled] = dynamo_graphs(engine.actor)  # in-process engine: the actor's own
         engine.kill()
+    assert graphs[False] == 0 and graphs[True] > 0, graphs
     assert torch.equal(out[True][B.RESPONSE_IDS], out[False][B.RESPONSE_IDS])
     m = out[False][B.RESPONSE_MASK]
     assert m.sum() > 4

@@ -21,6 +21,7 @@ def tiny_config(tiny_dirs, prompts_file, tmp_path, **run_overrides) -> Config:
     cfg.teacher.threads = 1
     cfg.student.lr, cfg.student.warmup_steps, cfg.student.threads = 3e-3, 0, 1
     cfg.trainer.steps, cfg.trainer.prompts_per_step = 8, 4
+    cfg.trainer.stages = []  # one stage: trainer.on_policy_fraction, loss.divergence
     cfg.log.wandb, cfg.log.progress = "disabled", False
     for key, value in run_overrides.items():
         setattr(cfg.trainer, key, value)
@@ -99,3 +100,46 @@ def test_overlapped_run_trains_on_one_update_stale_samples(ray_local, tiny_dirs,
     assert [r["on_policy"] for r in again] == [r["on_policy"] for r in train]
     assert again[4]["rollout_lag"] == 0.0
     assert again[5]["rollout_lag"] == again[5]["on_policy"]
+
+
+def test_two_stage_run_writes_samples_and_quality_summary(ray_local, tiny_dirs, prompts_file,
+                                                         tmp_path, capsys):
+    """The default schedule's shape (off-policy warm start, then on-policy) on tiny models: the
+    stages follow their shares, every held-out answer lands in samples.jsonl, and the summary
+    holds the answer metrics beside the teacher's own values."""
+    from ondistill.config import StageConfig
+
+    cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, steps=5)
+    cfg.rollout.backend = "vllm"
+    cfg.trainer.stages = [StageConfig("warm", 0.4, 0.0, "forward_kl"), StageConfig("rest")]
+    out = tmp_path / "out"
+    results = run(cfg, out)
+
+    train = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert [r["stage"] for r in train] == [0, 0, 1, 1, 1]
+    assert [r["on_policy"] for r in train] == [0, 0, 1, 1, 1]
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in samples] == ["before"] * 4 + ["after"] * 4
+    assert all(len(r["student_samples"]) == len(r["teacher_samples"]) == cfg.rollout.n_samples
+               and isinstance(r["student_greedy"], str) and r["prompt"].startswith("Say ")
+               for r in samples)
+    for key in ("greedy_distinct_2", "sample_repeated_3gram_rate", "greedy_chrf",
+                "sample_eos_share", "student_nll_teacher_samples"):
+        assert f"eval/{key}" in results["after"]
+    assert 0 <= results["after"]["eval/greedy_chrf"] <= 100
+    assert results["teacher"]["eval/greedy_distinct_2"] > 0
+    printed = capsys.readouterr().out
+    assert "greedy_distinct_2" in printed and "teacher" in printed
+    assert f"prompt:  {samples[4]['prompt']}" in printed  # answers side by side
+
+
+def test_collapsed_student_is_called_out(ray_local, tiny_dirs, prompts_file, tmp_path, capsys):
+    """A silly learning rate wrecks the tiny student into repeating itself: the held-out KLs
+    are still reported, but the summary says in plain words that the student collapsed."""
+    cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, steps=4)
+    cfg.student.lr, cfg.student.grad_clip = 0.05, 0.0
+    results = run(cfg, tmp_path / "out")
+    after, teacher = results["after"], results["teacher"]
+    assert after["eval/greedy_distinct_2"] < 0.6 * teacher["eval/greedy_distinct_2"], after
+    assert "WARNING: the student looks collapsed" in capsys.readouterr().out

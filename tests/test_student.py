@@ -8,6 +8,7 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import LossConfig, RolloutConfig, StudentConfig, TeacherConfig
 from ondistill.data import collate_prompts, Example
+from tests.conftest import dynamo_graphs
 from workers.group import RolloutGroup, StudentGroup, TeacherGroup
 
 
@@ -70,17 +71,53 @@ def test_compiled_blocks_match_eager(ray_local, tiny_dirs):
     eager's hidden states. Here on CPU (inductor's C++ backend)."""
     teacher_dir, student_dir = tiny_dirs
     batches = scored_batches(teacher_dir, student_dir, 2)
-    losses, hidden = {}, {}
+    losses, hidden, graphs = {}, {}, {}
     for compiled in (False, True):
         cfg = StudentConfig(lr=1e-3, warmup_steps=0, threads=1, compile=compiled)
         group = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 2)
         losses[compiled] = [group.train_step(b)["loss"] for b in batches]
-        group.kill()
         teacher = TeacherGroup("hf", str(teacher_dir), TeacherConfig(compile=compiled))
         rescored = teacher.score(batches[0].exclude(B.TEACHER_HIDDEN))
         hidden[compiled] = rescored[B.TEACHER_HIDDEN]
-        teacher.kill()
+        graphs[compiled] = [dynamo_graphs(a) for a in (group.actors[0], teacher.actor)]
+        group.kill(), teacher.kill()
+    assert graphs[False] == [0, 0] and min(graphs[True]) > 0, graphs  # compiled where asked
     assert losses[False][1] != losses[False][0]  # the second step saw updated weights
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]),
                                rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(hidden[True], hidden[False], rtol=1e-4, atol=1e-4)
+
+
+def test_train_step_uses_the_stage_divergence(ray_local, tiny_dirs):
+    """A schedule's stage picks the divergence per step: the step's reported KL is the mean of
+    that divergence over the batch's tokens, measured on the weights before the update."""
+    teacher_dir, student_dir = tiny_dirs
+    batch = scored_batches(teacher_dir, student_dir, 1)[0]
+    group = StudentGroup(StudentConfig(lr=1e-3, warmup_steps=0, threads=1),
+                         LossConfig(divergence="reverse_kl"), str(student_dir), str(teacher_dir), 2)
+    stats = group.token_stats(batch, ("forward_kl", "reverse_kl"))
+    fkl, rkl = float(stats["forward_kl"].mean()), float(stats["reverse_kl"].mean())
+    assert abs(fkl - rkl) > 0.05 * rkl  # the two differ enough to tell apart
+    assert group.train_step(batch, "divergence", "forward_kl")["kl"] == pytest.approx(fkl, rel=1e-4)
+    group.kill()
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_greedy_generation_is_the_argmax_path(ray_local, tiny_dirs, backend):
+    """generate(greedy=True): one answer per prompt, each token the student's most likely."""
+    from transformers import AutoModelForCausalLM
+
+    _, student_dir = tiny_dirs
+    rollout = RolloutGroup(backend, str(student_dir),
+                           RolloutConfig(n_samples=3, max_new_tokens=6, threads=1))
+    prompts = collate_prompts([Example([1, 300, 301, 2], None), Example([1, 400, 2], None)], 2)
+    out = rollout.generate(prompts, seed=1, greedy=True)
+    rollout.kill()
+    assert out.batch_size[0] == 2
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    ids, mask, pos = B.full_sequence(out)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    best = logits[:, B.response_positions(out)].argmax(-1)
+    m = out[B.RESPONSE_MASK]
+    assert m.sum() >= 2 and torch.equal(best[m], out[B.RESPONSE_IDS][m])

@@ -98,3 +98,40 @@ def test_shared_vocabulary_counts(tables):
         t_id = pairs[ts.convert_tokens_to_ids(word)]
         assert bg[t_id] == bs[ts.convert_tokens_to_ids(word)]
     assert tg.convert_ids_to_tokens(pairs[ts.convert_tokens_to_ids("Ġthe")]) == "▁the"
+
+
+@pytest.fixture(scope="module")
+def metaspace_tokenizer():
+    """A SentencePiece-style BPE that prepends a space to the text (Metaspace, prepend_scheme
+    "always"), as many Llama- and Mistral-family tokenizers do, trained on the test texts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.train_from_iterator(METASPACE_TEXTS * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "</s>"], show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="</s>")
+
+
+METASPACE_TEXTS = ["Hello world, this is a test.", "def add(a, b):\n    return a + b",
+                   "The year 2024 had 366 days.", "Line one\r\nLine two", "  leading spaces",
+                   "Tea is a drink made from leaves."]
+
+
+def test_teacher_that_prepends_a_space_still_aligns(tables, metaspace_tokenizer):
+    smol, smol_bytes = tables["smol"]
+    t_bytes = token_bytes(metaspace_tokenizer)
+    for text in METASPACE_TEXTS:
+        s_ids = smol(text, add_special_tokens=False).input_ids
+        t_ids = metaspace_tokenizer(text, add_special_tokens=False).input_ids
+        t_text = b"".join(t_bytes[i] for i in t_ids)
+        # the tokenizer's own prefix space (not added where the text starts with one)
+        assert t_text == (text if text.startswith(" ") else " " + text).encode(), t_text
+        al = align(s_ids, t_ids, smol_bytes, t_bytes)
+        aligned = sum(c >= 0 for c in al.student_chunk)
+        # Every student token lies in some chunk (the texts agree after the prefix) and most
+        # words start a chunk of their own.
+        assert aligned == len(s_ids), (text, al.student_chunk)
+        assert al.num_chunks >= len(text.split()) // 2, (text, al.num_chunks)

@@ -14,7 +14,7 @@ import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import TrainerConfig
+from ondistill.config import Stage, TrainerConfig, stage_at
 from ondistill.data import PromptSet, collate_prompts, collate_responses
 
 
@@ -46,6 +46,7 @@ class Controller:
     dataset: DatasetRollout
     teacher: "object"  # workers.group.TeacherGroup
     student: "object"  # workers.group.StudentGroup
+    stages: list[Stage]  # config.schedule(): the on-policy share and objective per update
     sync_every: int = 1
 
     def __post_init__(self) -> None:
@@ -77,7 +78,7 @@ class Controller:
         run would have."""
         examples = self.prompts.next_examples(self.cfg.prompts_per_step)
         prompts = collate_prompts(examples, self.prompts.pad_id, self.prompts.teacher_pad_id)
-        on_policy = self.rng.random() < self.cfg.on_policy_fraction
+        on_policy = self.rng.random() < stage_at(self.stages, update).on_policy_fraction
         return examples, prompts, on_policy, self.cfg.seed * 1_000_003 + update
 
     def step(self) -> dict[str, float]:
@@ -100,11 +101,13 @@ class Controller:
         """The rest of every step: teacher scores, student updates, the step's metrics."""
         with timed(timings, "score"):
             batch = self.teacher.score(batch, hand_over=True)
+        stage = stage_at(self.stages, self.updates)
         with timed(timings, "train"):
-            metrics = self.student.train_step(batch)
+            metrics = self.student.train_step(batch, stage.objective, stage.divergence)
         self.updates += 1
         step_time = sum(timings.values())
         return {**metrics, **timings, "on_policy": float(on_policy), "rollout_lag": float(lag),
+                "stage": float(self.stages.index(stage)),
                 "tokens_per_s": metrics["response_tokens"] / step_time}
 
 

@@ -1,71 +1,142 @@
-"""Held-out evaluation, the same before and after training:
+"""Held-out evaluation, the same before and after training.
 
-- rkl_student_samples: exact full-vocabulary KL(student || teacher) per token, on the
-  student's own samples for the held-out prompts (what on-policy distillation minimises);
-- fkl_teacher_samples: exact KL(teacher || student) per token on the teacher's samples for
-  the same prompts (drawn once, at the start);
+Distributions (per token):
+- rkl_student_samples: exact full-vocabulary KL(student || teacher) on the student's own
+  samples for the held-out prompts (what on-policy distillation minimises);
+- fkl_teacher_samples: exact KL(teacher || student) on the teacher's samples for the same
+  prompts (drawn once, at the start); student_nll_teacher_samples: the student's NLL of them;
 - teacher_nll_student_samples: how unlikely the teacher finds the student's tokens.
 
-With a teacher of another tokenizer (CrossTokenizerEvaluator) the same two sample sets are
-compared per aligned chunk (ondistill/xtok/): exact-span KL on the shared vocabulary (+ tail),
-ULD distance, the binary KL of the chunk likelihoods (span), and the teacher's NLL per chunk.
+Answers (trainer/quality.py, on decoded text): for the student's sampled and greedy answers,
+distinct-1/2, the repeated-3-gram rate, mean length and the share that stop on their own; the
+chrF of its greedy answer against the teacher's greedy answer. The teacher's own values of the
+same metrics are the yardstick (`reference`) that the run's summary and collapse check use.
+Every answer is kept (`samples`) so a person can read them.
+
+With a teacher of another tokenizer (CrossTokenizerEvaluator) the distributions are compared
+per aligned chunk (ondistill/xtok/): exact-span KL on the shared vocabulary (+ tail), ULD
+distance, the binary KL of the chunk likelihoods (span), and the teacher's NLL per chunk.
 """
 from __future__ import annotations
 
 import torch
 from tensordict import TensorDict
 
+from ondistill import batch as B
 from ondistill.data import PromptSet, collate_prompts
 from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.xtok.losses import binary_logprobs
+from ondistill.xtok.vocab import end_of_turn_id
+from trainer.quality import chrf, text_metrics
 
 EVAL_SEED = 1234
+
+
+class Answers:
+    """Decoded responses of one batch list: texts (grouped by prompt, n per prompt), token
+    lengths and whether each stopped on its own."""
+
+    def __init__(self, batches: list[TensorDict], tokenizer, ends: set[int]):
+        self.texts: list[str] = []
+        self.lengths: list[int] = []
+        self.ended: list[bool] = []
+        for td in batches:
+            for ids, m in zip(td[B.RESPONSE_IDS], td[B.RESPONSE_MASK]):
+                ids = ids[m].tolist()
+                self.texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+                self.lengths.append(len(ids))
+                self.ended.append(bool(ids) and ids[-1] in ends)
+
+    def per_prompt(self, prompts: int) -> list[list[str]]:
+        n = len(self.texts) // max(1, prompts)
+        return [self.texts[i * n:(i + 1) * n] for i in range(prompts)]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": v for k, v in
+                text_metrics(self.texts, self.lengths, self.ended).items()}
 
 
 class Evaluator:
     def __init__(self, prompts: PromptSet, batch_size: int, rollout, teacher, student,
                  teacher_sampler) -> None:
         self.rollout, self.teacher, self.student = rollout, teacher, student
+        self.tokenizer = prompts.tokenizer
+        self.ends = {end_of_turn_id(self.tokenizer), self.tokenizer.eos_token_id}
+        self.prompt_texts = [e.prompt for e in prompts.eval]
         self.prompt_batches = [collate_prompts(b, prompts.pad_id, prompts.teacher_pad_id)
                                for b in prompts.eval_batches(batch_size)]
-        # Teacher samples are fixed for the whole run: score them once.
-        self.teacher_batches = [teacher.score(teacher_sampler.generate(p, seed=EVAL_SEED))
-                                for p in self.prompt_batches]
+        # The teacher's answers are fixed for the whole run: sample, score and decode them once.
+        sampled, greedy = self._teacher_answers(teacher_sampler)
+        self.teacher_batches = [teacher.score(b) for b in sampled]
+        self.teacher_sampled = Answers(sampled, self.tokenizer, self.ends)
+        self.teacher_greedy = Answers(greedy, self.tokenizer, self.ends)
+        self.reference = {**self.teacher_sampled.metrics("sample"),
+                          **self.teacher_greedy.metrics("greedy")}
+        self.samples: list[dict] = []  # the last run()'s answers, one row per prompt
 
-    def _mean(self, batches: list[TensorDict], key: str, divergences: tuple[str, ...]) -> float:
-        values = [self.student.token_stats(b, divergences)[key] for b in batches]
-        return float(torch.cat(values).mean())
+    def _teacher_answers(self, sampler) -> tuple[list[TensorDict], list[TensorDict]]:
+        """The teacher's sampled and greedy answers as student-token ROLLOUT batches."""
+        return ([sampler.generate(p, seed=EVAL_SEED) for p in self.prompt_batches],
+                [sampler.generate(p, seed=EVAL_SEED, greedy=True) for p in self.prompt_batches])
+
+    def _distribution_metrics(self, student_batches: list[TensorDict]) -> dict[str, float]:
+        stats = [self.student.token_stats(b, ("reverse_kl",)) for b in student_batches]
+        on_teacher = [self.student.token_stats(b, ("forward_kl",)) for b in self.teacher_batches]
+        return {
+            "rkl_student_samples": float(torch.cat([s["reverse_kl"] for s in stats]).mean()),
+            "teacher_nll_student_samples":
+                -float(torch.cat([s["teacher_logprob"] for s in stats]).mean()),
+            "fkl_teacher_samples": float(torch.cat([s["forward_kl"] for s in on_teacher]).mean()),
+            "student_nll_teacher_samples":
+                -float(torch.cat([s["student_logprob"] for s in on_teacher]).mean()),
+        }
 
     def run(self) -> dict[str, float]:
-        student_batches = [self.teacher.score(self.rollout.generate(p, seed=EVAL_SEED))
-                           for p in self.prompt_batches]
-        stats = [self.student.token_stats(b, ("reverse_kl",)) for b in student_batches]
-        return {
-            "eval/rkl_student_samples": float(torch.cat([s["reverse_kl"] for s in stats]).mean()),
-            "eval/teacher_nll_student_samples":
-                -float(torch.cat([s["teacher_logprob"] for s in stats]).mean()),
-            "eval/fkl_teacher_samples": self._mean(self.teacher_batches, "forward_kl",
-                                                   ("forward_kl",)),
-        }
+        sampled = [self.rollout.generate(p, seed=EVAL_SEED) for p in self.prompt_batches]
+        greedy = [self.rollout.generate(p, seed=EVAL_SEED, greedy=True)
+                  for p in self.prompt_batches]
+        metrics = self._distribution_metrics([self.teacher.score(b) for b in sampled])
+        s_sampled = Answers(sampled, self.tokenizer, self.ends)
+        s_greedy = Answers(greedy, self.tokenizer, self.ends)
+        metrics.update(s_sampled.metrics("sample"))
+        metrics.update(s_greedy.metrics("greedy"))
+        metrics["greedy_chrf"] = chrf(s_greedy.texts, self.teacher_greedy.texts)
+        n = len(self.prompt_texts)
+        self.samples = [
+            {"prompt": p, "student_greedy": sg[0], "student_samples": ss,
+             "teacher_greedy": tg[0], "teacher_samples": ts}
+            for p, sg, ss, tg, ts in zip(self.prompt_texts, s_greedy.per_prompt(n),
+                                         s_sampled.per_prompt(n), self.teacher_greedy.per_prompt(n),
+                                         self.teacher_sampled.per_prompt(n))]
+        return {f"eval/{k}": v for k, v in metrics.items()}
 
 
 class CrossTokenizerEvaluator(Evaluator):
     """Held-out metrics per aligned chunk when teacher and student tokenize differently.
-    `teacher` is a workers.group.CrossTokenizerTeacher; the teacher's own samples are turned
-    into the student's tokens once, then scored like any student batch."""
+    `teacher` is a workers.group.CrossTokenizerTeacher; the teacher's own answers are turned
+    into the student's tokens once, then scored and decoded like any student batch."""
 
     def __init__(self, prompts: PromptSet, batch_size: int, rollout, teacher, student,
                  teacher_sampler, translator) -> None:
+        from ondistill.xtok.translate import aligned_fraction
+
+        self.translator = translator
+        super().__init__(prompts, batch_size, rollout, teacher, student, teacher_sampler)
+        # What the pair's alignment gives on real text (the teacher's own answers): a training
+        # batch far below it means the tokenizations stopped lining up (trainer/run.py warns).
+        self.expected_alignment = sum(map(aligned_fraction, self.teacher_batches)) / max(
+            1, len(self.teacher_batches))
+
+    def _teacher_answers(self, sampler) -> tuple[list[TensorDict], list[TensorDict]]:
         from ondistill.xtok.translate import teacher_prompts
 
-        self.rollout, self.teacher, self.student = rollout, teacher, student
-        self.prompt_batches = [collate_prompts(b, prompts.pad_id, prompts.teacher_pad_id)
-                               for b in prompts.eval_batches(batch_size)]
-        self.teacher_batches = []
+        sampled, greedy = [], []
         for p in self.prompt_batches:
-            sampled = teacher_sampler.generate(teacher_prompts(p), seed=EVAL_SEED)
-            n = sampled.batch_size[0] // p.batch_size[0]
-            self.teacher_batches.append(teacher.score(translator.from_teacher(sampled, p, n)))
+            for out, kwargs in ((sampled, {}), (greedy, {"greedy": True})):
+                answers = sampler.generate(teacher_prompts(p), seed=EVAL_SEED, **kwargs)
+                n = answers.batch_size[0] // p.batch_size[0]
+                out.append(self.translator.from_teacher(answers, p, n))
+        return sampled, greedy
 
     def _chunk_metrics(self, batches: list[TensorDict], direction: str) -> dict[str, float]:
         st = [self.student.xtok_stats(b) for b in batches]
@@ -76,13 +147,13 @@ class CrossTokenizerEvaluator(Evaluator):
         kind = "rkl" if direction == "reverse_kl" else "fkl"
         return {f"xt_exact_{kind}": float(cat[f"exact_{direction}"].mean()),
                 "xt_uld": float(cat["uld"].mean()), f"xt_span_{kind}": float(span.mean()),
-                "xt_teacher_nll_per_chunk": -float(cat["span_teacher_logprob"].mean())}
+                "xt_teacher_nll_per_chunk": -float(cat["span_teacher_logprob"].mean()),
+                "xt_student_nll_per_chunk": -float(cat["span_student_logprob"].mean())}
 
-    def run(self) -> dict[str, float]:
-        student_batches = [self.teacher.score(self.rollout.generate(p, seed=EVAL_SEED))
-                           for p in self.prompt_batches]
+    def _distribution_metrics(self, student_batches: list[TensorDict]) -> dict[str, float]:
         on_student = self._chunk_metrics(student_batches, "reverse_kl")
+        on_student.pop("xt_student_nll_per_chunk")  # the student's own samples: not a measure
         on_teacher = self._chunk_metrics(self.teacher_batches, "forward_kl")
         on_teacher.pop("xt_teacher_nll_per_chunk")  # the teacher's own samples: fixed
-        return {**{f"eval/{k}_student_samples": v for k, v in on_student.items()},
-                **{f"eval/{k}_teacher_samples": v for k, v in on_teacher.items()}}
+        return {**{f"{k}_student_samples": v for k, v in on_student.items()},
+                **{f"{k}_teacher_samples": v for k, v in on_teacher.items()}}

@@ -65,7 +65,8 @@ class MetricsLogger:
 
 
 def plot(metrics_path: Path, png_path: Path) -> Path:
-    """Training loss and held-out curves against step, from the JSONL file."""
+    """Training loss, held-out divergences and the answers' quality against step, from the
+    JSONL file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,12 +75,18 @@ def plot(metrics_path: Path, png_path: Path) -> Path:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval/rkl_student_samples" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
     ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     ax1.set_xlabel("step"), ax1.set_title("training divergence"), ax1.legend()
     for key in ("eval/rkl_student_samples", "eval/fkl_teacher_samples"):
         ax2.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=key[5:])
     ax2.set_xlabel("step"), ax2.set_title("held-out (per token)"), ax2.legend()
+    for key, scale in (("eval/greedy_distinct_2", 1), ("eval/sample_distinct_2", 1),
+                       ("eval/greedy_repeated_3gram_rate", 1), ("eval/greedy_chrf", 0.01)):
+        if evals and key in evals[0]:
+            ax3.plot([r["step"] for r in evals], [r[key] * scale for r in evals], marker="o",
+                     label=key[5:] + (" / 100" if scale != 1 else ""))
+    ax3.set_xlabel("step"), ax3.set_title("held-out answers (0-1)"), ax3.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -14,9 +14,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-from ondistill.config import Config, ConfigError, Placement, validate
+from ondistill.config import Config, ConfigError, Placement, schedule, validate
 from ondistill.data import PromptSet
 from ondistill.models import derive_student, resolve
+
+SAMPLES = "samples.jsonl"  # every held-out answer of every evaluation, one row per prompt
 
 
 def pick_rollout_backend(name: str) -> str:
@@ -43,6 +45,10 @@ def check_tokenizers(teacher_dir: Path, student_dir: Path, cross_tokenizer: str 
 
     t, s = AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir)
     same = t.get_vocab() == s.get_vocab()
+    if same and cross_tokenizer != "none":
+        raise ConfigError(f"loss.cross_tokenizer={cross_tokenizer} is for a teacher with another "
+                          "tokenizer, but teacher and student share one; set "
+                          "loss.cross_tokenizer=none (exact full-vocabulary KD).")
     if not same and cross_tokenizer == "none":
         raise ConfigError(f"teacher ({teacher_dir.name}, {len(t)} tokens) and student "
                           f"({student_dir.name}, {len(s)} tokens) tokenize differently; pick a "
@@ -60,23 +66,50 @@ def check_tokenizers(teacher_dir: Path, student_dir: Path, cross_tokenizer: str 
     return s, t
 
 
-def prepare(cfg: Config) -> tuple[Path, Path, PromptSet]:
-    """Everything that can fail on bad input, before Ray or any engine starts."""
+def check_resume(resume: str) -> None:
+    from trainer import checkpoint
+
+    if resume in ("", "never", "auto"):
+        return
+    path = Path(resume)
+    if not checkpoint.PATTERN.match(path.name) or not (path / "controller.json").exists():
+        raise ConfigError(f"trainer.resume={resume} is not a complete checkpoint directory "
+                          "(step_NNNNNN with controller.json); use trainer.resume=auto.")
+
+
+def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, PromptSet]:
+    """Everything that can fail on bad input, cheapest first, before Ray or any engine starts
+    (models are converted or cut only after the config, output directory and data pass)."""
+    from ondistill.data import read_rows
+
     validate(cfg)
     tr = cfg.trainer
     if (tr.prompts_per_step * cfg.rollout.n_samples) % cfg.student.world_size or \
             tr.prompts_per_step % cfg.student.world_size:
         raise ConfigError(f"trainer.prompts_per_step={tr.prompts_per_step} must be a multiple of "
                           f"student.world_size={cfg.student.world_size} (rows split evenly over ranks).")
+    if out_dir is not None:
+        from trainer import outdir
+
+        outdir.check(out_dir, dataclasses.asdict(cfg), tr.resume)
+    check_resume(tr.resume)
+    rows = read_rows(cfg.data)
     teacher_dir = resolve(cfg.model.teacher, cfg.model.cache_dir)
     student_dir = derive_student(resolve(cfg.model.student, cfg.model.cache_dir),
                                  list(cfg.model.student_keep_layers), cfg.model.cache_dir)
     tokenizer, teacher_tokenizer = check_tokenizers(teacher_dir, student_dir,
                                                     cfg.loss.cross_tokenizer)
-    prompts = PromptSet(cfg.data, tokenizer, seed=tr.seed, teacher_tokenizer=teacher_tokenizer)
-    if tr.on_policy_fraction < 1:
-        prompts.require_responses(f"trainer.on_policy_fraction={tr.on_policy_fraction} asks "
-                                  "for off-policy batches")
+    outside = [t for t in cfg.rollout.stop_token_ids if not 0 <= t < len(tokenizer)]
+    if outside:
+        raise ConfigError(f"rollout.stop_token_ids has {outside}, outside the student's "
+                          f"vocabulary of {len(tokenizer)} tokens; give ids in 0..{len(tokenizer) - 1}.")
+    prompts = PromptSet(cfg.data, tokenizer, seed=tr.seed, teacher_tokenizer=teacher_tokenizer,
+                        rows=rows)
+    off_policy = [s for s in schedule(cfg) if s.on_policy_fraction < 1 and s.steps]
+    if off_policy:
+        prompts.require_responses(f"stage {off_policy[0].name} (on_policy_fraction="
+                                  f"{off_policy[0].on_policy_fraction}) asks for off-policy "
+                                  "batches")
     return teacher_dir, student_dir, prompts
 
 
@@ -86,16 +119,23 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
 
     from workers.group import check_resources, init_ray
 
-    teacher_dir, student_dir, prompts = prepare(cfg)
+    teacher_dir, student_dir, prompts = prepare(cfg, out_dir)
     backend = pick_rollout_backend(cfg.rollout.backend)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     print(f"[ondistill] teacher {teacher_dir}\n[ondistill] student {student_dir}\n"
           f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "
           f"ranks={cfg.student.world_size} steps={cfg.trainer.steps} out={out_dir}", flush=True)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     check_resources({"rollout": (cfg.ray.rollout, 1), "teacher": (cfg.ray.teacher, 1),
                      "student": (cfg.ray.student, cfg.student.world_size)})
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the cluster answered
+    if cfg.trainer.resume == "never":
+        from trainer.outdir import start_over
+
+        aside = start_over(out_dir)
+        if aside:
+            print(f"[ondistill] trainer.resume=never: the earlier checkpoints here are kept in "
+                  f"{aside}", flush=True)
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     resume = cfg.trainer.resume
     for attempt in range(cfg.trainer.max_restarts + 1):
         session = Session(cfg, out_dir, teacher_dir, student_dir, prompts, backend)
@@ -155,7 +195,7 @@ class Session:
         kind = OverlapController if cfg.trainer.overlap else Controller
         self.controller = kind(cfg.trainer, prompts, self.rollout,
                                DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
-                               self.teacher, self.student, cfg.rollout.sync_every)
+                               self.teacher, self.student, schedule(cfg), cfg.rollout.sync_every)
         self.startup_s = time.perf_counter() - start
 
     def train(self, resume: str) -> dict[str, dict[str, float]]:
@@ -174,22 +214,29 @@ class Session:
                      f"{self.student.num_params / 1e6:.1f}M parameters"
                      + (f"; resumed from {ckpt.name}" if ckpt else ""))
         if self.evaluator and "before" not in results:
-            results["before"] = self.evaluator.run()
-            logger.log(0, results["before"])
+            results["before"] = self._evaluate(logger, 0, "before")
         start = time.perf_counter()
+        floor = 0.5 * getattr(self.evaluator, "expected_alignment", 0.0)
         while step < tr.steps:
             step += 1
-            logger.log(step, self.controller.step())
+            metrics = self.controller.step()
+            logger.log(step, metrics)
+            if metrics.get("aligned_fraction", 1.0) < floor:
+                logger.write(f"[ondistill] WARNING: step {step}: only "
+                             f"{metrics['aligned_fraction']:.0%} of the student's tokens align "
+                             f"with the teacher's tokenization (the teacher's own answers align "
+                             f"{2 * floor:.0%}); the cross-tokenizer loss sees little of this "
+                             "batch. Check that both tokenizers read the same text.")
             if self.evaluator and tr.eval_every and step % tr.eval_every == 0 and step != tr.steps:
                 self.controller.sync()  # evaluation samples from the current student
-                logger.log(step, self.evaluator.run())
+                self._evaluate(logger, step, f"step_{step}")
             every = tr.checkpoint_every
             if every >= 0 and (step == tr.steps or (every and step % every == 0)):
                 self._save(step, results, logger.history)
         if self.evaluator:
             self.controller.sync()
-            results["after"] = self.evaluator.run()
-            logger.log(tr.steps, results["after"])
+            results["after"] = self._evaluate(logger, tr.steps, "after")
+            results["teacher"] = {f"eval/{k}": v for k, v in self.evaluator.reference.items()}
         logger.close()
         if tr.save_student:
             self.student.save_hf(str(self.out_dir / "student"))
@@ -199,6 +246,15 @@ class Session:
         self.close()
         return results
 
+    def _evaluate(self, logger, step: int, phase: str) -> dict[str, float]:
+        """Held-out metrics, logged; every answer appended to samples.jsonl under `phase`."""
+        metrics = self.evaluator.run()
+        logger.log(step, metrics)
+        with (self.out_dir / SAMPLES).open("w" if phase == "before" else "a") as f:
+            f.writelines(json.dumps({"phase": phase, "step": step, **row}) + "\n"
+                         for row in self.evaluator.samples)
+        return metrics
+
     def _find_checkpoint(self, resume: str) -> Path | None:
         from trainer import checkpoint
 
@@ -206,11 +262,8 @@ class Session:
             return None
         if resume == "auto":
             return checkpoint.latest(self.ckpt_root)
-        path = Path(resume)
-        if not checkpoint.PATTERN.match(path.name) or not (path / "controller.json").exists():
-            raise ConfigError(f"trainer.resume={resume} is not a complete checkpoint directory "
-                              "(step_NNNNNN with controller.json); use trainer.resume=auto.")
-        return path
+        check_resume(resume)
+        return Path(resume)
 
     def _save(self, step: int, results: dict, history: list[dict]) -> None:
         from trainer import checkpoint
@@ -237,11 +290,39 @@ class Session:
                 pass
 
 
-def summary(results: dict[str, dict[str, float]], out_dir: Path, seconds: float) -> str:
+def summary(results: dict[str, dict[str, float]], out_dir: Path, seconds: float,
+            shown: int = 3) -> str:
+    """The held-out table (before, after, the teacher's own value where it has one), a plain
+    warning if the student looks collapsed, and a few answers side by side."""
+    from trainer.quality import CollapseRule
+
     lines = [f"\n[ondistill] done in {seconds:.0f}s; outputs in {out_dir}"]
-    if "before" in results:
-        lines.append(f"{'held-out metric (per token)':<34}{'before':>10}{'after':>10}")
-        for key, before in results["before"].items():
-            after = results.get("after", {}).get(key, float("nan"))
-            lines.append(f"{key.removeprefix('eval/'):<34}{before:>10.4f}{after:>10.4f}")
+    if "before" not in results:
+        return "\n".join(lines)
+    teacher, after = results.get("teacher", {}), results.get("after", {})
+    lines.append(f"{'held-out metric':<34}{'before':>10}{'after':>10}{'teacher':>10}")
+    for key, before in results["before"].items():
+        row = [before, after.get(key, float("nan")), teacher.get(key, float("nan"))]
+        lines.append(f"{key.removeprefix('eval/'):<34}" + "".join(
+            f"{v:>10.4f}" if v == v else f"{'':>10}" for v in row))
+    if after and teacher:
+        reasons = CollapseRule().check(after, teacher)
+        if reasons:
+            lines.append("\n[ondistill] WARNING: the student looks collapsed: " + "; ".join(reasons)
+                         + f". Read its answers in {out_dir / SAMPLES} before using it.")
+    rows = [json.loads(x) for x in (out_dir / SAMPLES).read_text().splitlines()] \
+        if (out_dir / SAMPLES).exists() else []
+    before = {r["prompt"]: r for r in rows if r["phase"] == "before"}
+    for r in [r for r in rows if r["phase"] == "after" and r["prompt"] in before][:shown]:
+        lines.append(f"\nprompt:  {r['prompt']}")
+        for who, text in (("teacher", r["teacher_greedy"]),
+                          ("before", before[r["prompt"]]["student_greedy"]),
+                          ("after", r["student_greedy"])):
+            lines.append(f"  {who + ':':<9}{_one_line(text)}")
     return "\n".join(lines)
+
+
+def _one_line(text: str, width: int = 110) -> str:
+    text = repr(text)[1:-1]  # newlines and repeats stay visible
+    return text if len(text) <= width else text[:width - 3] + "..."
+

@@ -13,10 +13,12 @@ from tensordict import TensorDict
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
+    def generate(self, prompts: TensorDict, seed: int | None = None,
+                 greedy: bool = False) -> TensorDict:
         """PROMPTS keys -> ROLLOUT keys; each prompt repeated n_samples times, rows grouped by
         prompt (row i*n..i*n+n-1 come from prompt i). A given seed makes sampling repeatable;
-        None continues the engine's own seeded sequence."""
+        None continues the engine's own seeded sequence. greedy: one temperature-0 answer per
+        prompt (evaluation)."""
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load a bucket of (HF parameter name, full tensor) into the running engine."""

@@ -59,13 +59,16 @@ class RolloutGroup:
             # finish before the teacher and student allocate on a shared card.
             ray.get(self.actor.__ray_call__.remote(lambda actor: None))
 
-    def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
-        return self.submit(prompts, seed)()
+    def generate(self, prompts: TensorDict, seed: int | None = None,
+                 greedy: bool = False) -> TensorDict:
+        """greedy: one temperature-0 answer per prompt instead of rollout.n_samples samples."""
+        return self.submit(prompts, seed, greedy)()
 
-    def submit(self, prompts: TensorDict, seed: int | None = None) -> Callable[[], TensorDict]:
+    def submit(self, prompts: TensorDict, seed: int | None = None,
+               greedy: bool = False) -> Callable[[], TensorDict]:
         """Start generating and return at once; calling the result waits for the batch.
         Calls to the engine run in the order they are made (weight pushes included)."""
-        ref = self.actor.generate.remote(prompts, seed)
+        ref = self.actor.generate.remote(prompts, seed, greedy)
         return lambda: ray.get(ref)
 
     def sleep(self) -> None:
@@ -157,22 +160,24 @@ class StudentGroup:
                              f"{self.world_size} student ranks; make it a multiple.")
         return list(td.chunk(self.world_size))
 
-    def train_step(self, batch: TensorDict) -> dict[str, float]:
+    def train_step(self, batch: TensorDict, objective: str | None = None,
+                   divergence: str | None = None) -> dict[str, float]:
+        """objective, divergence: this step's, when the schedule's stage sets them (else the
+        loss config's)."""
         B.check(batch, B.scored_keys(batch), "student.train_step")
         mask = batch[B.RESPONSE_MASK]
         tokens, rows = int(mask.sum()), batch.batch_size[0]
-        results = ray.get([a.train_step.remote(s, tokens, rows)
+        results = ray.get([a.train_step.remote(s, tokens, rows, objective, divergence)
                            for a, s in zip(self.actors, self._split(batch))])
         metrics = {"loss": sum(r["loss"] for r in results), "kl": sum(r["kl"] for r in results),
                    "grad_norm": results[0]["grad_norm"], "lr": results[0]["lr"],
                    **({"alloc_retries": results[0]["alloc_retries"]}
                       if "alloc_retries" in results[0] else {}),
                    "response_tokens": tokens}
-        if B.STUDENT_CHUNK in batch.keys():  # share of student tokens starting a chunk
-            starts = batch[B.STUDENT_CHUNK] >= 0
-            starts &= batch[B.STUDENT_CHUNK] != torch.nn.functional.pad(
-                batch[B.STUDENT_CHUNK][:, :-1], (1, 0), value=-1)
-            metrics["aligned_fraction"] = float(starts.sum()) / max(1, tokens)
+        if B.STUDENT_CHUNK in batch.keys():
+            from ondistill.xtok.translate import aligned_fraction
+
+            metrics["aligned_fraction"] = aligned_fraction(batch)
         if B.TEACHER_TOPK_LOGPROBS in batch.keys():
             mass = batch[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[mask]
             metrics["teacher_topk_mass"] = float(mass.mean())
@@ -230,6 +235,25 @@ def quiet_transport_warnings() -> None:
 
     warnings.filterwarnings("ignore", message="Zero-copy tensor serialization is enabled")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    # vLLM's CPU build touches a deprecated torch alias at import; nothing for a user to do.
+    warnings.filterwarnings("ignore", message=".*torch.distributed.reduce_op.*is deprecated")
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Ray retries an unreachable head for minutes, warning all the while; ask the port first
+    and say what is wrong in one sentence."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray.address={address} is not host:port (or auto); e.g. "
+                          "ray.address=10.0.0.5:6379, or leave it empty for a local Ray.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"ray.address={address}: no Ray cluster answers there ({e.strerror or e}"
+                          "); start its head with scripts/cluster.sh head, or leave ray.address "
+                          "empty for a local Ray.") from None
 
 
 def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
@@ -241,7 +265,8 @@ def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
     # Engine logs and model-loading bars from actors would bury the driver's step bar.
     env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
            "VLLM_LOGGING_LEVEL": "ERROR", "VLLM_CONFIGURE_LOGGING": "1",
-           "TOKENIZERS_PARALLELISM": "false", **MALLOC_ENV, **ZERO_COPY_ENV}
+           "TOKENIZERS_PARALLELISM": "false", "TORCH_CPP_LOG_LEVEL": "ERROR",
+           **MALLOC_ENV, **ZERO_COPY_ENV}
     kwargs.setdefault("runtime_env", {"env_vars": env,
                                       "worker_process_setup_hook": quiet_transport_warnings})
     # The driver's serializer reads the switch when it connects; ray was imported before it.
@@ -249,9 +274,19 @@ def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
     ray_constants.RAY_ENABLE_ZERO_COPY_TORCH_TENSORS = True
     quiet_transport_warnings()
     if address:
+        if address != "auto":
+            check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         # Actors ask for 1 CPU each as a placement token; locally that must not exceed the
         # count Ray believes in, so give it at least 8 (threads are set per actor).
-        ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 1), include_dashboard=False,
-                 **kwargs)
+        # address="local": a new instance of our own, even where a `ray start` cluster (or the
+        # stale file of one) is on the machine, which ray.init() would otherwise join. Its
+        # token authentication is on (Ray generates the token); the banner saying so, and
+        # "Started a local Ray instance", are not for the user of a local run.
+        import logging
+
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
+        ray.init(address="local", num_cpus=num_cpus or max(8, os.cpu_count() or 1),
+                 include_dashboard=False, logging_level=logging.WARNING, **kwargs)

@@ -9,6 +9,12 @@ chunk: a run of 1..n student tokens and 1..m teacher tokens covering the same by
   - the chunk's probability on each side is the product of its tokens' probabilities.
 Tokens with no bytes (special tokens) and tokens past the texts' common prefix get chunk -1;
 end-of-turn tokens that end both responses form one last chunk of their own.
+
+A teacher tokenizer may put bytes before the text it was given: SentencePiece's dummy prefix
+(a Metaspace pre-tokenizer with prepend_scheme "always", as in many Llama- and Mistral-family
+tokenizers) turns "Hello" into "▁Hello", i.e. b" Hello". Aligning from byte 0 would then find
+no common prefix and align nothing; so the teacher's offsets are counted from where the text
+it was given begins (its first token keeps its extra byte).
 """
 from __future__ import annotations
 
@@ -41,6 +47,16 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     return i
 
 
+def inserted_prefix(s_text: bytes, t_text: bytes, most: int = 4) -> int:
+    """Bytes the teacher's tokenization put before the text: the smallest k <= most such that
+    t_text[k:] begins like s_text (0 when the texts begin alike, or nothing matches)."""
+    probe = s_text[:16]
+    for k in range(most + 1):
+        if probe and t_text[k:k + len(probe)] == probe:
+            return k
+    return 0
+
+
 def _chunks(ends: list[int], sizes: list[int], bounds: list[int]) -> list[int]:
     """Chunk index per token: k where bounds[k] < end <= bounds[k + 1]; -1 if none or empty."""
     out = []
@@ -57,6 +73,8 @@ def align(student_ids: list[int], teacher_ids: list[int], student_table: list[by
     an end-of-turn token (not text); both must be True for it to be aligned."""
     s_text, s_ends = byte_ends(student_ids[:len(student_ids) - student_end], student_table)
     t_text, t_ends = byte_ends(teacher_ids[:len(teacher_ids) - teacher_end], teacher_table)
+    shift = inserted_prefix(s_text, t_text)
+    t_text, t_ends = t_text[shift:], [max(0, e - shift) for e in t_ends]
     common = _common_prefix(s_text, t_text)
     bounds = [0] + sorted(e for e in set(s_ends) & set(t_ends) if 0 < e <= common)
     s_sizes = [len(student_table[i]) for i in student_ids[:len(s_ends)]]

@@ -90,3 +90,11 @@ def teacher_prompts(prompts: TensorDict) -> TensorDict:
     return TensorDict({B.PROMPT_IDS: prompts[B.XT_PROMPT_IDS],
                        B.PROMPT_MASK: prompts[B.XT_PROMPT_MASK],
                        B.PROMPT_INDEX: prompts[B.PROMPT_INDEX]}, batch_size=prompts.batch_size)
+
+
+def aligned_fraction(batch: TensorDict) -> float:
+    """Share of the student's response tokens that start an aligned chunk (B.STUDENT_CHUNK):
+    the positions where the cross-tokenizer loss compares the two models."""
+    chunk = batch[B.STUDENT_CHUNK]
+    starts = (chunk >= 0) & (chunk != torch.nn.functional.pad(chunk[:, :-1], (1, 0), value=-1))
+    return float(starts.sum()) / max(1, int(batch[B.RESPONSE_MASK].sum()))

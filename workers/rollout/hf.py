@@ -42,19 +42,26 @@ class HFRollout:
             max_new_tokens=cfg.max_new_tokens, eos_token_id=sorted(self.eos_ids),
             min_new_tokens=cfg.max_new_tokens if cfg.ignore_eos else 0,
             pad_token_id=self.pad_id, output_logits=True, return_dict_in_generate=True)
+        self.greedy_cfg = GenerationConfig(
+            do_sample=False, max_new_tokens=cfg.max_new_tokens, eos_token_id=sorted(self.eos_ids),
+            min_new_tokens=self.gen_cfg.min_new_tokens, pad_token_id=self.pad_id,
+            output_logits=True, return_dict_in_generate=True)
         self.calls = 0
 
     @torch.no_grad()
-    def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
-        """seed=None draws the next seed of this engine's own sequence (cfg.seed, call count)."""
+    def generate(self, prompts: TensorDict, seed: int | None = None,
+                 greedy: bool = False) -> TensorDict:
+        """seed=None draws the next seed of this engine's own sequence (cfg.seed, call count);
+        greedy: one temperature-0 answer per prompt."""
         B.check(prompts, B.PROMPTS, "rollout.generate")
-        td = prompts.repeat_interleave(self.cfg.n_samples, dim=0)  # rows grouped by prompt
+        td = prompts.repeat_interleave(1 if greedy else self.cfg.n_samples, dim=0)  # by prompt
         if seed is None:
             seed, self.calls = self.cfg.seed * 1_000_003 + self.calls, self.calls + 1
         torch.manual_seed(seed)
         out = self.model.generate(
             input_ids=td[B.PROMPT_IDS].to(self.device),
-            attention_mask=td[B.PROMPT_MASK].long().to(self.device), generation_config=self.gen_cfg)
+            attention_mask=td[B.PROMPT_MASK].long().to(self.device),
+            generation_config=self.greedy_cfg if greedy else self.gen_cfg)
         resp = out.sequences[:, td[B.PROMPT_IDS].shape[1]:].cpu()
         logits = torch.stack(out.logits, dim=1).float().cpu()  # [B, R, V], before any warping
         logprobs = torch.log_softmax(logits, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)

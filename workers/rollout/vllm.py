@@ -46,17 +46,18 @@ class VLLMRollout:
         self.calls = 0
         self.asleep = False
 
-    def generate(self, prompts: TensorDict, seed: int | None = None) -> TensorDict:
+    def generate(self, prompts: TensorDict, seed: int | None = None,
+                 greedy: bool = False) -> TensorDict:
         from vllm import SamplingParams, TokensPrompt
 
         B.check(prompts, B.PROMPTS, "rollout.generate")
         self.wake()
-        n = self.cfg.n_samples
+        n = 1 if greedy else self.cfg.n_samples
         if seed is None:
             seed, self.calls = self.cfg.seed * 1_000_003 + self.calls * 10_007, self.calls + 1
         token_lists = [ids[m].tolist() for ids, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK])]
         # vLLM seeds the n children of a request seed, seed+1, ...: space prompts n apart.
-        params = [SamplingParams(n=n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+        params = [SamplingParams(n=n, temperature=0.0 if greedy else self.cfg.temperature, top_p=self.cfg.top_p,
                                  max_tokens=self.cfg.max_new_tokens, seed=seed + i * n,
                                  logprobs=0, stop_token_ids=list(self.cfg.stop_token_ids),
                                  ignore_eos=self.cfg.ignore_eos)

@@ -1,6 +1,7 @@
 """One FSDP2 rank of the student, run as a Ray actor (one per rank; gloo on CPU, nccl on GPU)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -107,9 +108,13 @@ class StudentWorker:
             w = mask / global_tokens
         return (w * self.world_size).to(self.device)
 
-    def train_step(self, td: TensorDict, global_tokens: int, global_rows: int) -> dict[str, float]:
-        """One optimizer step on this rank's rows, accumulated over micro-batches."""
+    def train_step(self, td: TensorDict, global_tokens: int, global_rows: int,
+                   objective: str | None = None, divergence: str | None = None) -> dict[str, float]:
+        """One optimizer step on this rank's rows, accumulated over micro-batches; objective
+        and divergence replace the loss config's for this step (a schedule's stage)."""
         td = receive(B.check(td, B.scored_keys(td), "student.train_step"))
+        spec = dataclasses.replace(self.spec, objective=objective or self.spec.objective,
+                                   divergence=divergence or self.spec.divergence)
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
         loss_sum = div_sum = 0.0
@@ -127,7 +132,7 @@ class StudentWorker:
             self.model.set_requires_gradient_sync(i == len(micro) - 1)
             loss, div = self.model(ids, mask, pos, start, teacher,
                                    self._weights(mb, global_tokens, global_rows), extras,
-                                   self.spec, self.loss_cfg.pg_discount)
+                                   spec, self.loss_cfg.pg_discount)
             loss.backward()
             loss_sum += loss.item() / self.world_size
             div_sum += div / self.world_size

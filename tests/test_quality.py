@@ -1,0 +1,56 @@
+"""The answer-quality metrics on hand-made texts, and the collapse rule built on them."""
+import pytest
+
+from trainer.quality import CollapseRule, chrf, distinct, repeated_ngram_rate, text_metrics
+
+REPEATED = ["A\nA\nA\nA\nA\nA\nA\nA", "the the the the the the the the"]
+VARIED = ["The moon orbits the Earth about once a month and reflects sunlight.",
+          "Bread is baked from flour, water, yeast and a pinch of salt."]
+
+
+def test_repeated_lines_score_as_collapsed():
+    assert distinct(REPEATED, 1) == pytest.approx(1 / 8)  # one word, eight times
+    assert distinct(REPEATED, 2) == pytest.approx(1 / 7)  # one bigram, seven times
+    assert repeated_ngram_rate(REPEATED, 3) == pytest.approx(5 / 6)  # 6 trigrams, 5 repeats
+
+
+def test_varied_text_scores_as_varied():
+    assert distinct(VARIED, 1) > 0.9
+    assert distinct(VARIED, 2) == pytest.approx(1.0)
+    assert repeated_ngram_rate(VARIED, 3) == 0.0
+
+
+def test_counts_follow_the_definition_on_a_mixed_text():
+    text = ["a b a b c"]  # bigrams: ab ba ab bc -> 3 distinct of 4; trigrams: aba bab abc
+    assert distinct(text, 2) == pytest.approx(3 / 4)
+    assert repeated_ngram_rate(text, 3) == 0.0
+    assert repeated_ngram_rate(["a b c a b c"], 3) == pytest.approx(1 / 4)  # abc again
+
+
+def test_text_metrics_lengths_and_stops():
+    m = text_metrics(VARIED + REPEATED, [12, 13, 8, 8], [True, True, False, False])
+    assert m["mean_length"] == pytest.approx(10.25)
+    assert m["eos_share"] == pytest.approx(0.5)
+
+
+def test_chrf_rises_with_similarity():
+    ref = ["The moon orbits the Earth."]
+    assert chrf(ref, ref) == pytest.approx(100.0)
+    assert chrf(["The moon goes around the Earth."], ref) > chrf(["A A A A"], ref) + 20
+
+
+def _eval(texts: list[str]) -> dict[str, float]:
+    m = text_metrics(texts, [8] * len(texts), [True] * len(texts))
+    return {f"eval/{kind}_{k}": v for kind in ("greedy", "sample") for k, v in m.items()}
+
+
+def test_collapse_rule_flags_repetition_against_the_teacher():
+    teacher = _eval(VARIED)
+    reasons = CollapseRule().check(_eval(REPEATED), teacher)
+    assert any("distinct-2" in r for r in reasons) and any("repeat" in r for r in reasons)
+    assert CollapseRule().check(_eval(VARIED), teacher) == []
+
+
+def test_collapse_rule_is_relative_to_a_repetitive_teacher():
+    """A teacher that repeats itself sets the bar: a student as repetitive is not flagged."""
+    assert CollapseRule().check(_eval(REPEATED), _eval(REPEATED)) == []
