@@ -18,8 +18,11 @@ def test_all_recipes_found():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_smoke_run(ray_local, tiny_dirs, prompts_file, tmp_path, recipe):
+def test_recipe_smoke_run(ray_local, tiny_dirs, tiny_gemma_teacher, prompts_file, tmp_path,
+                          recipe):
     teacher, student = tiny_dirs
+    if recipe == "cross_tokenizer":  # a teacher with Gemma's own tokenizer, as the recipe's
+        teacher = tiny_gemma_teacher
     with initialize(version_base="1.3", config_path=None):
         dcfg = compose("main", overrides=[
             f"recipe={recipe}", f"model.teacher={teacher}", f"model.student={student}",
@@ -34,3 +37,6 @@ def test_recipe_smoke_run(ray_local, tiny_dirs, prompts_file, tmp_path, recipe):
     train = [r for r in rows if "loss" in r]
     assert len(train) == 3 and all(math.isfinite(r["loss"]) and r["kl"] >= 0 for r in train)
     assert set(results) == {"before", "after", "teacher"}
+    if recipe == "cross_tokenizer":  # the cross-tokenizer path really ran
+        assert all(0 < r["aligned_fraction"] <= 1 for r in train)
+        assert "eval/xt_exact_fkl_teacher_samples" in results["after"]

@@ -52,7 +52,8 @@ def test_compiled_decode_samples_what_eager_does(ray_local, tiny_dirs):
         out[compiled] = engine.generate(prompts, seed=3)
         graphs[compiled] = dynamo_graphs(engine.actor)  # in-process engine: the actor's own
         engine.kill()
-    assert graphs[False] == 0 and graphs[True] > 0, graphs
+    # vLLM compiles a helper graph or two either way; the compiled decode adds the model's
+    assert graphs[True] > graphs[False], graphs
     assert torch.equal(out[True][B.RESPONSE_IDS], out[False][B.RESPONSE_IDS])
     m = out[False][B.RESPONSE_MASK]
     assert m.sum() > 4
