@@ -21,20 +21,31 @@ def losses(out: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-def resumable_config(tiny_dirs, prompts_file, tmp_path):
+def resumable_config(tiny_dirs, prompts_file, tmp_path, backend="hf"):
     cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, steps=6, checkpoint_every=2,
                       on_policy_fraction=0.5)
+    cfg.rollout.backend = backend
     cfg.data.eval_size, cfg.trainer.save_student, cfg.log.plot = 4, False, False
     return cfg
 
 
 @pytest.fixture(scope="module")
-def reference(ray_local, tiny_dirs, prompts_file, tmp_path_factory):
-    """The uninterrupted run every interrupted one must reproduce."""
-    tmp = tmp_path_factory.mktemp("ref")
-    cfg = resumable_config(tiny_dirs, prompts_file, tmp)
-    results = run(cfg, tmp / "out")
-    return losses(tmp / "out"), results
+def references(ray_local, tiny_dirs, prompts_file, tmp_path_factory):
+    """The uninterrupted run (per rollout backend) every interrupted one must reproduce."""
+    done = {}
+
+    def get(backend: str):
+        if backend not in done:
+            tmp = tmp_path_factory.mktemp(f"ref-{backend}")
+            results = run(resumable_config(tiny_dirs, prompts_file, tmp, backend), tmp / "out")
+            done[backend] = losses(tmp / "out"), results
+        return done[backend]
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(references):
+    return references("hf")
 
 
 def test_crash_while_writing_keeps_previous_checkpoint(tmp_path):
@@ -50,14 +61,51 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path):
     assert [p.name for p in root.iterdir()] == ["step_000006"]
 
 
-def test_worker_killed_mid_run_recovers_with_same_losses(ray_local, reference, tiny_dirs,
-                                                          prompts_file, tmp_path, capsys):
+def test_process_killed_while_writing_keeps_previous_checkpoint(tmp_path):
+    """A real writer process is SIGKILLed half-way through a checkpoint: the previous one stays
+    the newest complete checkpoint, and the half-written directory is not taken for one."""
+    root = tmp_path / "checkpoints"
+    tmp, final = checkpoint.begin(root, 2)
+    (tmp / "controller.json").write_text("{}")
+    checkpoint.commit(tmp, final, keep=2)
+    writer = f"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+from trainer import checkpoint
+tmp, _ = checkpoint.begin(Path({str(root)!r}), 4)
+(tmp / "student").mkdir()
+with open(tmp / "student" / "shard.bin", "wb") as f:
+    for i in range(2000):  # ~2 GB at most, if the kill never came
+        f.write(b"x" * (1 << 20))
+        f.flush()
+        if i == 8:
+            print("writing", flush=True)
+        time.sleep(0.01)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"writing"
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    half = [p for p in root.iterdir() if p != final]
+    assert half and any(f.stat().st_size > 0 for f in half[0].rglob("*.bin"))  # really mid-write
+    assert checkpoint.latest(root) == final
+
+
+@pytest.mark.parametrize("victim,backend", [("StudentWorker", "hf"), ("HFTeacher", "hf"),
+                                            ("VLLMRollout", "vllm")])
+def test_worker_killed_mid_run_recovers_with_same_losses(ray_local, references, tiny_dirs,
+                                                          prompts_file, tmp_path, capsys, victim,
+                                                          backend):
+    """Any role's actor (the FSDP student rank, the teacher, the vLLM rollout engine) killed
+    after step 3: every group is rebuilt from the newest checkpoint and the run ends with the
+    uninterrupted run's losses and held-out metrics."""
     import psutil
 
-    cfg = resumable_config(tiny_dirs, prompts_file, tmp_path)
+    cfg = resumable_config(tiny_dirs, prompts_file, tmp_path, backend)
     out = tmp_path / "out"
 
-    def kill_student_after_step_3():
+    def kill_after_step_3():
         deadline = time.time() + 300
         while time.time() < deadline:
             rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
@@ -66,16 +114,16 @@ def test_worker_killed_mid_run_recovers_with_same_losses(ray_local, reference, t
             time.sleep(0.2)
         # Ray titles each actor process "ray::<Class>.<method>". Only this test's own Ray (its
         # processes descend from this one) is searched: another run's workers are not ours.
-        victim = next(p for p in psutil.Process().children(recursive=True)
-                      if (p.cmdline() or [""])[0].startswith("ray::StudentWorker"))
-        victim.send_signal(signal.SIGKILL)
+        process = next(p for p in psutil.Process().children(recursive=True)
+                       if (p.cmdline() or [""])[0].startswith(f"ray::{victim}"))
+        process.send_signal(signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_student_after_step_3)
+    killer = threading.Thread(target=kill_after_step_3)
     killer.start()
     results = run(cfg, out)
     killer.join()
     assert "a worker died" in capsys.readouterr().out
-    ref_losses, ref_results = reference
+    ref_losses, ref_results = references(backend)
     assert losses(out) == pytest.approx(ref_losses, rel=1e-4, abs=1e-5)
     assert results["after"] == pytest.approx(ref_results["after"], rel=1e-4, abs=1e-5)
 

@@ -88,6 +88,9 @@ def test_shared_vocabulary_counts(tables):
     # 46,145 shared, plus the end-of-turn pair <|im_end|> <-> <end_of_turn>.
     assert len(sg) == 46_146 and (2, 106) in zip(sg.student_ids.tolist(), sg.teacher_ids.tolist())
     assert len(shared_vocab(bs, b2)) == 36_960
+    # the same counts derived independently: the byte strings both tables hold (as sets)
+    assert len(sg) == len({b for b in bs if b} & {b for b in bg if b}) + 1  # + end-of-turn pair
+    assert len(shared_vocab(bs, b2)) == len({b for b in bs if b} & {b for b in b2 if b})
     pairs = dict(zip(sg.student_ids.tolist(), sg.teacher_ids.tolist()))
     # SmolLM2 has 235 single-byte tokens (no bytes that never occur in UTF-8, e.g. 0xC0); all
     # are shared through Gemma's byte fallback, e.g. SmolLM2 'Ã' (0xC3) <-> <0xC3>

@@ -127,9 +127,17 @@ def test_ce_term_and_sft():
 
 
 def test_binary_logprobs_are_finite_and_normalised():
-    lp = binary_logprobs(torch.tensor([0.0, -1e-9, -0.1, -0.7, -5.0, -80.0], dtype=torch.float64))
+    logp = torch.tensor([0.0, -1e-9, -0.1, -0.7, -5.0, -80.0], dtype=torch.float64)
+    lp = binary_logprobs(logp)
     assert torch.isfinite(lp).all()
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(6, dtype=torch.float64))
+    # the event keeps its log-prob (certain events are clamped just below 0: log(1-p) finite)
+    torch.testing.assert_close(lp[:, 0], logp.clamp(max=-1e-6))
+    # the complement is log(1 - p), here by plain float64 arithmetic where it is accurate
+    plain = torch.log(1 - logp[2:].exp())
+    torch.testing.assert_close(lp[2:, 1], plain, rtol=1e-12, atol=1e-15)
+    assert lp[0, 1] == pytest.approx(torch.log(torch.tensor(1e-6, dtype=torch.float64)).item(),
+                                     rel=1e-5)
 
 
 def test_aligned_stats_match_the_losses():
