@@ -54,7 +54,9 @@ def test_cross_tokenizer_run(ray_local, tiny_gemma_teacher, tiny_dirs, prompts_f
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
     assert len(train) == 6 and all(0 < r["aligned_fraction"] <= 1 for r in train)
-    assert all(math.isfinite(r["loss"]) and r["kl"] >= 0 for r in train)
+    # a positive divergence every step: the aligned chunks really reach the loss (a loss of
+    # exactly 0 with finite gradients is what an alignment that matches nothing gives)
+    assert all(math.isfinite(r["loss"]) and r["kl"] > 0 for r in train), train
     assert all(math.isfinite(v) for v in results["after"].values()), results
     if method == "exact":
         losses = [r["loss"] for r in train]
