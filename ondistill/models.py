@@ -55,6 +55,9 @@ BUILTINS = {
 
 def _atomic_dir(final: Path, build) -> Path:
     """Run build(tmp_dir) and rename tmp_dir to final; a crash leaves no half-written final."""
+    from transformers.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # a one-off conversion: the run's own lines say what happens
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
@@ -98,9 +101,6 @@ def convert_builtin(name: str, cache_dir: Path) -> Path:
     def build(tmp: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils.logging import disable_progress_bar
-
-        disable_progress_bar()  # a one-off conversion: the run's own lines say what happens
 
         scratch = tmp / "gguf"
         scratch.mkdir()
@@ -178,9 +178,6 @@ def derive_student(source: Path, keep_layers: list[int], cache_dir: str) -> Path
     def build(tmp: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils.logging import disable_progress_bar
-
-        disable_progress_bar()  # a one-off conversion: the run's own lines say what happens
 
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         layers = model.model.layers
