@@ -13,8 +13,8 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
                    teacher_hidden, a teacher that can only send its top-k (teacher.topk > 0)
   teacher_hidden_ipc  (not a tensor) instead of teacher_hidden when the teacher and a
                    one-rank student share a GPU: a CUDA IPC handle of the teacher's
-                   [B, R, H] tensor, which the student maps (workers/weights.py) instead of receiving
-                   the bytes through host memory
+                   [B, R, H] tensor, which the student maps (workers/weights.py) instead of
+                   receiving the bytes through host memory
 
 Cross-tokenizer batches (loss.cross_tokenizer != none; the teacher tokenizes the same text its
 own way, R_t teacher response slots, P_t teacher prompt slots; see ondistill/xtok/):
@@ -27,6 +27,7 @@ own way, R_t teacher response slots, P_t teacher prompt slots; see ondistill/xto
 Each stage boundary calls `check(td, STAGE_KEYS[stage], stage)` so a missing or malformed key
 fails with its name instead of as a shape error three calls later.
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,11 +69,24 @@ _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     STUDENT_CHUNK: (torch.int64,),
     TEACHER_CHUNK: (torch.int64,),
 }
-_NDIM = {PROMPT_IDS: 2, PROMPT_MASK: 2, RESPONSE_IDS: 2, RESPONSE_MASK: 2,
-         ROLLOUT_LOGPROBS: 2, TEACHER_HIDDEN: 3, PROMPT_INDEX: 1,
-         TEACHER_TOPK_IDS: 3, TEACHER_TOPK_LOGPROBS: 3, XT_PROMPT_IDS: 2, XT_PROMPT_MASK: 2,
-         XT_RESPONSE_IDS: 2, XT_RESPONSE_MASK: 2, XT_HIDDEN: 3, STUDENT_CHUNK: 2,
-         TEACHER_CHUNK: 2}
+_NDIM = {
+    PROMPT_IDS: 2,
+    PROMPT_MASK: 2,
+    RESPONSE_IDS: 2,
+    RESPONSE_MASK: 2,
+    ROLLOUT_LOGPROBS: 2,
+    TEACHER_HIDDEN: 3,
+    PROMPT_INDEX: 1,
+    TEACHER_TOPK_IDS: 3,
+    TEACHER_TOPK_LOGPROBS: 3,
+    XT_PROMPT_IDS: 2,
+    XT_PROMPT_MASK: 2,
+    XT_RESPONSE_IDS: 2,
+    XT_RESPONSE_MASK: 2,
+    XT_HIDDEN: 3,
+    STUDENT_CHUNK: 2,
+    TEACHER_CHUNK: 2,
+}
 
 PROMPTS = (PROMPT_IDS, PROMPT_MASK, PROMPT_INDEX)
 ROLLOUT = PROMPTS + (RESPONSE_IDS, RESPONSE_MASK, ROLLOUT_LOGPROBS)
@@ -100,22 +114,34 @@ def check(td: TensorDict, keys: tuple[str, ...], stage: str) -> TensorDict:
     """Raise BatchError naming the first missing or malformed key; return td unchanged."""
     for key in keys:
         if key not in td.keys():
-            raise BatchError(f"{stage}: batch has no '{key}' (has {sorted(td.keys())}); "
-                             f"the previous stage must produce it.")
+            raise BatchError(
+                f"{stage}: batch has no '{key}' (has {sorted(td.keys())}); "
+                f"the previous stage must produce it."
+            )
         if key == TEACHER_HIDDEN_IPC:
             continue  # a handle; the receiver checks the tensor it maps
         t = td.get(key)
         if t.dtype not in _DTYPES[key] or t.ndim != _NDIM[key]:
-            raise BatchError(f"{stage}: batch key '{key}' is {t.dtype} with {t.ndim} dims; "
-                             f"expected one of {_DTYPES[key]} with {_NDIM[key]} dims.")
+            raise BatchError(
+                f"{stage}: batch key '{key}' is {t.dtype} with {t.ndim} dims; "
+                f"expected one of {_DTYPES[key]} with {_NDIM[key]} dims."
+            )
     if RESPONSE_IDS in keys and td[RESPONSE_IDS].shape != td[RESPONSE_MASK].shape:
-        raise BatchError(f"{stage}: '{RESPONSE_IDS}' {tuple(td[RESPONSE_IDS].shape)} and "
-                         f"'{RESPONSE_MASK}' {tuple(td[RESPONSE_MASK].shape)} differ in shape.")
-    for key, ref in ((TEACHER_HIDDEN, RESPONSE_IDS), (STUDENT_CHUNK, RESPONSE_IDS),
-                     (XT_HIDDEN, XT_RESPONSE_IDS), (TEACHER_CHUNK, XT_RESPONSE_IDS)):
+        raise BatchError(
+            f"{stage}: '{RESPONSE_IDS}' {tuple(td[RESPONSE_IDS].shape)} and "
+            f"'{RESPONSE_MASK}' {tuple(td[RESPONSE_MASK].shape)} differ in shape."
+        )
+    for key, ref in (
+        (TEACHER_HIDDEN, RESPONSE_IDS),
+        (STUDENT_CHUNK, RESPONSE_IDS),
+        (XT_HIDDEN, XT_RESPONSE_IDS),
+        (TEACHER_CHUNK, XT_RESPONSE_IDS),
+    ):
         if key in keys and td[key].shape[:2] != td[ref].shape:
-            raise BatchError(f"{stage}: '{key}' covers {tuple(td[key].shape[:2])} positions "
-                             f"but '{ref}' is {tuple(td[ref].shape)}.")
+            raise BatchError(
+                f"{stage}: '{key}' covers {tuple(td[key].shape[:2])} positions "
+                f"but '{ref}' is {tuple(td[ref].shape)}."
+            )
     return td
 
 
@@ -135,4 +161,3 @@ def response_positions(td: TensorDict) -> slice:
     p = td[PROMPT_IDS].shape[1]
     r = td[RESPONSE_IDS].shape[1]
     return slice(p - 1, p + r - 1)
-

@@ -4,6 +4,7 @@ Each worker receives only its own section (e.g. `RolloutConfig`), never the whol
 `validate()` runs at the entry point, before any model is loaded, and raises ConfigError
 with one sentence naming the key, the bad value and what to write instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -133,8 +134,10 @@ def _default_stages() -> list[StageConfig]:
     # The second stage is GKD (lambda 0.5) with the mass-covering forward KL: on-policy reverse
     # KL right after the warm start still collapsed the greedy answers ("The world of the
     # world's world, ..."); see docs/benchmarks.md, "Quality of the default job".
-    return [StageConfig("warm_start", 0.6, 0.0, "forward_kl"),
-            StageConfig("on_policy", None, 0.5, "forward_kl")]
+    return [
+        StageConfig("warm_start", 0.6, 0.0, "forward_kl"),
+        StageConfig("on_policy", None, 0.5, "forward_kl"),
+    ]
 
 
 @dataclass
@@ -265,29 +268,39 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)} "
-                              f"(e.g. {key}={allowed[0]}).")
+            raise ConfigError(
+                f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)} "
+                f"(e.g. {key}={allowed[0]})."
+            )
     for key, (ok, must) in _RANGES.items():
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; it must be {must}.")
     need = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     if cfg.rollout.max_model_len < need:
-        raise ConfigError(f"rollout.max_model_len={cfg.rollout.max_model_len} cannot hold a "
-                          f"prompt of data.max_prompt_tokens={cfg.data.max_prompt_tokens} plus "
-                          f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}; set "
-                          f"rollout.max_model_len>={need}.")
+        raise ConfigError(
+            f"rollout.max_model_len={cfg.rollout.max_model_len} cannot hold a "
+            f"prompt of data.max_prompt_tokens={cfg.data.max_prompt_tokens} plus "
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}; set "
+            f"rollout.max_model_len>={need}."
+        )
     objectives = {s.objective for s in schedule(cfg)}  # the stages may differ
     if cfg.teacher.topk and (objectives != {"divergence"} or cfg.loss.temperature != 1):
-        raise ConfigError("teacher.topk>0 supports loss.objective=divergence at "
-                          "loss.temperature=1 only; set teacher.topk=0 to send hidden states.")
+        raise ConfigError(
+            "teacher.topk>0 supports loss.objective=divergence at "
+            "loss.temperature=1 only; set teacher.topk=0 to send hidden states."
+        )
     _validate_cross_tokenizer(cfg, objectives)
     if "sft" in objectives and not cfg.loss.ce_coef:
-        raise ConfigError("loss.objective=sft trains on cross-entropy alone; set loss.ce_coef>0 "
-                          "(e.g. loss.ce_coef=1).")
+        raise ConfigError(
+            "loss.objective=sft trains on cross-entropy alone; set loss.ce_coef>0 "
+            "(e.g. loss.ce_coef=1)."
+        )
     if len(set(cfg.model.student_keep_layers)) != len(cfg.model.student_keep_layers):
-        raise ConfigError(f"model.student_keep_layers={list(cfg.model.student_keep_layers)} "
-                          "repeats a layer; list each kept layer index once.")
+        raise ConfigError(
+            f"model.student_keep_layers={list(cfg.model.student_keep_layers)} "
+            "repeats a layer; list each kept layer index once."
+        )
     return cfg
 
 
@@ -312,31 +325,43 @@ def schedule(cfg: Config) -> list[Stage]:
     for i, s in enumerate(given):
         key = f"trainer.stages[{i}]"
         if s.share is None and i != len(given) - 1:
-            raise ConfigError(f"{key} has no share; give every stage but the last a share of "
-                              f"trainer.steps (e.g. {key}.share=0.5).")
+            raise ConfigError(
+                f"{key} has no share; give every stage but the last a share of "
+                f"trainer.steps (e.g. {key}.share=0.5)."
+            )
         total_share += 1 - total_share if s.share is None else s.share
         if (s.share is not None and not 0 < s.share <= 1) or total_share > 1 + 1e-9:
-            raise ConfigError(f"{key}.share={s.share}: each share must be in (0, 1] and all "
-                              "shares together at most 1.")
+            raise ConfigError(
+                f"{key}.share={s.share}: each share must be in (0, 1] and all "
+                "shares together at most 1."
+            )
         fraction = tr.on_policy_fraction if s.on_policy_fraction is None else s.on_policy_fraction
         divergence = cfg.loss.divergence if s.divergence is None else s.divergence
         objective = cfg.loss.objective if s.objective is None else s.objective
         if not 0 <= fraction <= 1:
-            raise ConfigError(f"{key}.on_policy_fraction={fraction} is out of range; it must be "
-                              "in [0, 1].")
+            raise ConfigError(
+                f"{key}.on_policy_fraction={fraction} is out of range; it must be in [0, 1]."
+            )
         if objective not in CHOICES["loss.objective"]:
-            raise ConfigError(f"{key}.objective={objective!r} is not valid; choose one of: "
-                              f"{', '.join(CHOICES['loss.objective'])}.")
+            raise ConfigError(
+                f"{key}.objective={objective!r} is not valid; choose one of: "
+                f"{', '.join(CHOICES['loss.objective'])}."
+            )
         if objective == "policy_gradient" and fraction < 1:
-            raise ConfigError(f"{key} trains loss.objective=policy_gradient, which needs "
-                              f"on-policy batches only, but its on_policy_fraction={fraction}; "
-                              "set it to 1 or give the stage objective=divergence.")
+            raise ConfigError(
+                f"{key} trains loss.objective=policy_gradient, which needs "
+                f"on-policy batches only, but its on_policy_fraction={fraction}; "
+                "set it to 1 or give the stage objective=divergence."
+            )
         if divergence not in DIVERGENCES:
-            raise ConfigError(f"{key}.divergence={divergence!r} is not valid; choose one of: "
-                              f"{', '.join(DIVERGENCES)}.")
+            raise ConfigError(
+                f"{key}.divergence={divergence!r} is not valid; choose one of: "
+                f"{', '.join(DIVERGENCES)}."
+            )
         end = tr.steps if i == len(given) - 1 else round(total_share * tr.steps)  # last: to the end
-        stages.append(Stage(s.name or f"stage{i}", first, end - first, fraction, divergence,
-                            objective))
+        stages.append(
+            Stage(s.name or f"stage{i}", first, end - first, fraction, divergence, objective)
+        )
         first = end
     _check_shadowed(cfg, given)
     return stages
@@ -346,15 +371,17 @@ def _check_shadowed(cfg: Config, given: list[StageConfig]) -> None:
     """A run-wide setting that every stage replaces would be ignored without a word: refuse
     it when it differs from its default (someone set it, expecting an effect)."""
     for key, field_name, default in (
-            ("trainer.on_policy_fraction", "on_policy_fraction", TrainerConfig.on_policy_fraction),
-            ("loss.divergence", "divergence", LossConfig.divergence),
-            ("loss.objective", "objective", LossConfig.objective)):
+        ("trainer.on_policy_fraction", "on_policy_fraction", TrainerConfig.on_policy_fraction),
+        ("loss.divergence", "divergence", LossConfig.divergence),
+        ("loss.objective", "objective", LossConfig.objective),
+    ):
         value = _get(cfg, key)
         if value != default and all(getattr(s, field_name) is not None for s in given):
             raise ConfigError(
                 f"{key}={value} has no effect: every stage of trainer.stages sets its own "
                 f"{field_name}; set it per stage (e.g. trainer.stages.{len(given) - 1}."
-                f"{field_name}={value}), or trainer.stages=[] for one stage that uses {key}.")
+                f"{field_name}={value}), or trainer.stages=[] for one stage that uses {key}."
+            )
 
 
 def stage_at(stages: list[Stage], update: int) -> Stage:
@@ -370,15 +397,20 @@ def _validate_cross_tokenizer(cfg: Config, objectives: set[str]) -> None:
     if method == "none":
         return
     if "policy_gradient" in objectives:
-        raise ConfigError(f"loss.cross_tokenizer={method} works with loss.objective=divergence "
-                          "(or sft); policy_gradient needs the teacher's log-prob of each "
-                          "student token, which another tokenizer does not give.")
+        raise ConfigError(
+            f"loss.cross_tokenizer={method} works with loss.objective=divergence "
+            "(or sft); policy_gradient needs the teacher's log-prob of each "
+            "student token, which another tokenizer does not give."
+        )
     if cfg.teacher.topk:
-        raise ConfigError(f"loss.cross_tokenizer={method} needs the teacher's hidden states; "
-                          "set teacher.topk=0.")
+        raise ConfigError(
+            f"loss.cross_tokenizer={method} needs the teacher's hidden states; set teacher.topk=0."
+        )
     if method == "span" and loss.temperature != 1:
-        raise ConfigError("loss.cross_tokenizer=span compares chunk likelihoods at temperature "
-                          "1; set loss.temperature=1 or use exact/uld.")
+        raise ConfigError(
+            "loss.cross_tokenizer=span compares chunk likelihoods at temperature "
+            "1; set loss.temperature=1 or use exact/uld."
+        )
 
 
 def register() -> None:

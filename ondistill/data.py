@@ -5,13 +5,14 @@ A row is {"prompt": str, "response"?: str}. Responses are needed only for off-po
 (they are the degenerate rollout). Bad rows raise DataError naming the file and line, or are
 skipped and counted with data.bad_rows=skip.
 """
+
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from tensordict import TensorDict
@@ -36,8 +37,9 @@ class Example:
 
 def _prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
     if chat_template and tok.chat_template:
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                      add_generation_prompt=True, tokenize=True)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         return list(ids if isinstance(ids, list) else ids["input_ids"])
     return tok(prompt, add_special_tokens=True)["input_ids"]
 
@@ -46,26 +48,32 @@ def _check_row(raw: str, where: str) -> dict:
     try:
         row = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg}); each line must be one object like "
-                        '{"prompt": "...", "response": "..."}.') from None
+        raise DataError(
+            f"{where}: not valid JSON ({e.msg}); each line must be one object like "
+            '{"prompt": "...", "response": "..."}.'
+        ) from None
     if not isinstance(row, dict):
         raise DataError(f"{where}: is a JSON {type(row).__name__}, not an object with a 'prompt'.")
     prompt = row.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
-        raise DataError(f"{where}: 'prompt' is a {_json_kind(prompt)}, not a string; give the "
-                        "prompt's text in quotes.")
+        raise DataError(
+            f"{where}: 'prompt' is a {_json_kind(prompt)}, not a string; give the "
+            "prompt's text in quotes."
+        )
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{where}: 'prompt' is missing or empty; give a non-empty string.")
     response = row.get("response")
     if response is not None and not isinstance(response, str):
-        raise DataError(f"{where}: 'response' is a {type(response).__name__}; give a string "
-                        "or leave it out.")
+        raise DataError(
+            f"{where}: 'response' is a {type(response).__name__}; give a string or leave it out."
+        )
     return row
 
 
 def _json_kind(value) -> str:
-    return {bool: "boolean", int: "number", float: "number", list: "list",
-            dict: "object"}.get(type(value), type(value).__name__)
+    return {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def read_rows(cfg: DataConfig) -> tuple[list[tuple[str, dict]], int]:
@@ -74,11 +82,14 @@ def read_rows(cfg: DataConfig) -> tuple[list[tuple[str, dict]], int]:
     line is decoded on its own: one line of bad UTF-8 names its line and can be skipped."""
     path = BUILTIN_PROMPTS if cfg.prompts == "builtin" else Path(cfg.prompts).expanduser()
     if not path.exists():
-        raise DataError(f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
-                        '{"prompt": ...} rows or data.prompts=builtin.')
+        raise DataError(
+            f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
+            '{"prompt": ...} rows or data.prompts=builtin.'
+        )
     if path.is_dir():
-        raise DataError(f"data.prompts='{cfg.prompts}' is a directory; give the path of a JSONL "
-                        "file inside it.")
+        raise DataError(
+            f"data.prompts='{cfg.prompts}' is a directory; give the path of a JSONL file inside it."
+        )
     rows, skipped = [], 0
     for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
         where = f"{path}:{lineno}"
@@ -86,8 +97,10 @@ def read_rows(cfg: DataConfig) -> tuple[list[tuple[str, dict]], int]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not UTF-8 text (byte {e.start} of the line); save the "
-                                "file as UTF-8 JSONL.") from None
+                raise DataError(
+                    f"{where}: not UTF-8 text (byte {e.start} of the line); save the "
+                    "file as UTF-8 JSONL."
+                ) from None
             if text.strip():
                 rows.append((where, _check_row(text, where)))
         except DataError as e:
@@ -100,8 +113,14 @@ def read_rows(cfg: DataConfig) -> tuple[list[tuple[str, dict]], int]:
 class PromptSet:
     """Tokenized prompts with a held-out split. Shuffles per epoch from a seed."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0, teacher_tokenizer=None,
-                 rows: tuple[list[tuple[str, dict]], int] | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer,
+        seed: int = 0,
+        teacher_tokenizer=None,
+        rows: tuple[list[tuple[str, dict]], int] | None = None,
+    ):
         """teacher_tokenizer: a different tokenizer of the teacher (cross-tokenizer KD); each
         prompt is then also rendered in the teacher's own chat template. rows: read_rows(cfg),
         if the caller has already read them."""
@@ -117,8 +136,10 @@ class PromptSet:
                     raise DataError(f"{e} (or set data.bad_rows=skip to skip such rows)") from None
                 self.skipped += 1
         if len(examples) <= cfg.eval_size:
-            raise DataError(f"{cfg.prompts} has {len(examples)} usable rows, but data.eval_size="
-                            f"{cfg.eval_size} are held out; add rows or lower data.eval_size.")
+            raise DataError(
+                f"{cfg.prompts} has {len(examples)} usable rows, but data.eval_size="
+                f"{cfg.eval_size} are held out; add rows or lower data.eval_size."
+            )
         cut = len(examples) - cfg.eval_size
         self.train, self.eval = examples[:cut], examples[cut:]
         self.teacher_pad_id = pad_id_of(teacher_tokenizer) if teacher_tokenizer is not None else 0
@@ -130,8 +151,10 @@ class PromptSet:
         tok = self.tokenizer
         ids = _prompt_ids(tok, row["prompt"], cfg.chat_template)
         if len(ids) > cfg.max_prompt_tokens:
-            raise DataError(f"{where}: prompt is {len(ids)} tokens, over data.max_prompt_tokens="
-                            f"{cfg.max_prompt_tokens}; shorten it or raise the limit.")
+            raise DataError(
+                f"{where}: prompt is {len(ids)} tokens, over data.max_prompt_tokens="
+                f"{cfg.max_prompt_tokens}; shorten it or raise the limit."
+            )
         response = None
         if row.get("response") is not None:
             response = tok(row["response"], add_special_tokens=False)["input_ids"]
@@ -145,15 +168,21 @@ class PromptSet:
         """Off-policy batches need a reference response on every training row."""
         missing = sum(e.response_ids is None for e in self.train)
         if missing:
-            raise DataError(f"{missing} of {len(self.train)} training rows have no 'response', "
-                            f"but {why}; add responses to the data or set "
-                            "trainer.on_policy_fraction=1 (on-policy only).")
+            raise DataError(
+                f"{missing} of {len(self.train)} training rows have no 'response', "
+                f"but {why}; add responses to the data or set "
+                "trainer.on_policy_fraction=1 (on-policy only)."
+            )
 
     def state(self) -> dict:
         """Data position, JSON-safe: epoch, position in the epoch's order, shuffle RNG."""
         rng = self.rng.getstate()
-        return {"epoch": self.epoch, "position": self.position, "order": list(self.order),
-                "rng": [rng[0], list(rng[1]), rng[2]]}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "order": list(self.order),
+            "rng": [rng[0], list(rng[1]), rng[2]],
+        }
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.position, self.order = state["epoch"], state["position"], state["order"]
@@ -176,7 +205,7 @@ class PromptSet:
 
     def eval_batches(self, n: int) -> Iterator[list[Example]]:
         for i in range(0, len(self.eval), n):
-            yield self.eval[i:i + n]
+            yield self.eval[i : i + n]
 
 
 def pad_id_of(tokenizer) -> int:
@@ -184,8 +213,9 @@ def pad_id_of(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def pad_rows(rows: list[list[int]], pad_id: int, width: int | None = None,
-             left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(
+    rows: list[list[int]], pad_id: int, width: int | None = None, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [n, width], mask [n, width]) of rows padded to width (default: the longest row, at
     least 1); longer rows are truncated. Right-padded unless left (prompts)."""
     width = width or max(1, max(len(r) for r in rows))
@@ -199,23 +229,26 @@ def pad_rows(rows: list[list[int]], pad_id: int, width: int | None = None,
     return ids, mask
 
 
-def collate_prompts(examples: list[Example], pad_id: int,
-                    teacher_pad_id: int = 0) -> TensorDict:
+def collate_prompts(examples: list[Example], pad_id: int, teacher_pad_id: int = 0) -> TensorDict:
     """Left-pad prompts into PROMPT_IDS / PROMPT_MASK / PROMPT_INDEX (and XT_PROMPT_IDS /
     XT_PROMPT_MASK when the examples carry the teacher's own prompt tokens)."""
     ids, mask = pad_rows([e.prompt_ids for e in examples], pad_id, left=True)
-    td = TensorDict({B.PROMPT_IDS: ids, B.PROMPT_MASK: mask,
-                     B.PROMPT_INDEX: torch.arange(len(examples))}, batch_size=[len(examples)])
+    td = TensorDict(
+        {B.PROMPT_IDS: ids, B.PROMPT_MASK: mask, B.PROMPT_INDEX: torch.arange(len(examples))},
+        batch_size=[len(examples)],
+    )
     if examples[0].teacher_prompt_ids is not None:
-        t_ids, t_mask = pad_rows([e.teacher_prompt_ids for e in examples], teacher_pad_id,
-                                left=True)
+        t_ids, t_mask = pad_rows(
+            [e.teacher_prompt_ids for e in examples], teacher_pad_id, left=True
+        )
         td.set(B.XT_PROMPT_IDS, t_ids)
         td.set(B.XT_PROMPT_MASK, t_mask)
     return td
 
 
-def collate_responses(td: TensorDict, responses: list[list[int]], pad_id: int,
-                      max_tokens: int) -> TensorDict:
+def collate_responses(
+    td: TensorDict, responses: list[list[int]], pad_id: int, max_tokens: int
+) -> TensorDict:
     """Add right-padded RESPONSE_IDS / RESPONSE_MASK (truncated to max_tokens) to td."""
     ids, mask = pad_rows(responses, pad_id, max(1, min(max_tokens, max(len(r) for r in responses))))
     td.set(B.RESPONSE_IDS, ids)

@@ -1,5 +1,6 @@
 """Output heads: turn final hidden states into logits, including the teacher architecture's
 logit scaling and soft-capping, so the student side can recompute teacher logits exactly."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ class HeadSpec:
         return z
 
     @staticmethod
-    def from_config(config: dict) -> "HeadSpec":
+    def from_config(config: dict) -> HeadSpec:
         text = config.get("text_config") or config  # multimodal configs nest the LM's
         return HeadSpec(
             scale=float(text.get("logit_scale") or 1.0),
@@ -50,15 +51,21 @@ def load_output_head(model_dir: str | Path, dtype: torch.dtype = torch.float32) 
 
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    tied = config.get("tie_word_embeddings", (config.get("text_config") or {}).get(
-        "tie_word_embeddings", False))
+    tied = config.get(
+        "tie_word_embeddings", (config.get("text_config") or {}).get("tie_word_embeddings", False)
+    )
     wanted = ("lm_head.weight",) if not tied else ()
-    wanted += ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight",
-               "embed_tokens.weight")
+    wanted += (
+        "model.embed_tokens.weight",
+        "model.language_model.embed_tokens.weight",
+        "embed_tokens.weight",
+    )
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             for name in wanted:
                 if name in f.keys():
                     return OutputHead(f.get_tensor(name).to(dtype), HeadSpec.from_config(config))
-    raise FileNotFoundError(f"no output head ({' or '.join(wanted)}) in {model_dir}/*.safetensors; "
-                            "save the teacher with save_pretrained(safe_serialization=True).")
+    raise FileNotFoundError(
+        f"no output head ({' or '.join(wanted)}) in {model_dir}/*.safetensors; "
+        "save the teacher with save_pretrained(safe_serialization=True)."
+    )

@@ -14,11 +14,12 @@ Objectives (one signature, see `Objective`):
   ratio against the rollout engine's logprobs;
 either plus `ce_coef` x cross-entropy on the response tokens.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,9 @@ class HiddenTeacher:
         return {"logits": self.hidden[i:j].to(w.dtype) @ w.T}  # the matmul, in the head's dtype
 
     @staticmethod
-    def views(z_s: torch.Tensor, chunk: dict[str, torch.Tensor], temperature: float,
-              spec: HeadSpec):
+    def views(
+        z_s: torch.Tensor, chunk: dict[str, torch.Tensor], temperature: float, spec: HeadSpec
+    ):
         """(student view, teacher view) of one chunk, both logits-like [c, V]."""
         return z_s, spec.apply(chunk["logits"].float()) / temperature
 
@@ -115,12 +117,23 @@ def _sft(s_view, t_view, z_s, extras, spec: ObjectiveSpec) -> torch.Tensor:
     return z_s.new_zeros(z_s.shape[0])  # plain fine-tuning: only the ce_coef term
 
 
-OBJECTIVES: dict[str, Objective] = {"divergence": _divergence, "policy_gradient": _policy_gradient,
-                                    "sft": _sft}
+OBJECTIVES: dict[str, Objective] = {
+    "divergence": _divergence,
+    "policy_gradient": _policy_gradient,
+    "sft": _sft,
+}
 
 
-def chunk_objective(z_raw, t_chunk, weights, extras, views: Callable, spec: ObjectiveSpec,
-                    s_spec: HeadSpec, t_spec: HeadSpec | None):
+def chunk_objective(
+    z_raw,
+    t_chunk,
+    weights,
+    extras,
+    views: Callable,
+    spec: ObjectiveSpec,
+    s_spec: HeadSpec,
+    t_spec: HeadSpec | None,
+):
     """One chunk's weighted objective from the student's raw logits z_raw [c, V]; returns
     (loss, weighted divergence sum). Pure, so it can be differentiated with
     torch.func and compiled whole: the softmaxes, divergence and gradient fuse."""
@@ -147,18 +160,25 @@ FUSE = ("auto", "compile", "none")
 def _kl_kernel_step(z_raw, t_chunk, weights, extras, spec: ObjectiveSpec):
     from ondistill.kernels.kl import kl_chunk
 
-    per_row, grad = kl_chunk(z_raw, t_chunk["logits"], weights, spec.temperature,
-                             reverse=spec.divergence == "reverse_kl")
+    per_row, grad = kl_chunk(
+        z_raw, t_chunk["logits"], weights, spec.temperature, reverse=spec.divergence == "reverse_kl"
+    )
     loss = (per_row * weights).sum()
     return grad, (loss, loss.detach())
 
 
-def _kernel_applies(views: Callable, spec: ObjectiveSpec, s_spec: HeadSpec,
-                    t_spec: HeadSpec | None) -> bool:
+def _kernel_applies(
+    views: Callable, spec: ObjectiveSpec, s_spec: HeadSpec, t_spec: HeadSpec | None
+) -> bool:
     """The Triton KL kernel covers the plain KLs between plain heads (Qwen, Llama, ...)."""
-    return (views is HiddenTeacher.views and spec.objective == "divergence" and not spec.ce_coef
-            and spec.divergence in ("reverse_kl", "forward_kl")
-            and s_spec == HeadSpec() and t_spec == HeadSpec())
+    return (
+        views is HiddenTeacher.views
+        and spec.objective == "divergence"
+        and not spec.ce_coef
+        and spec.divergence in ("reverse_kl", "forward_kl")
+        and s_spec == HeadSpec()
+        and t_spec == HeadSpec()
+    )
 
 
 # CPU: compiling the generic step (inductor's C++ kernels) takes 3-7 s once per process and
@@ -179,8 +199,15 @@ def _has_cxx() -> bool:
     return True
 
 
-def _step_fn(device: torch.device, fuse: str, views: Callable, spec: ObjectiveSpec,
-             s_spec: HeadSpec, t_spec: HeadSpec | None, logits: int) -> Callable:
+def _step_fn(
+    device: torch.device,
+    fuse: str,
+    views: Callable,
+    spec: ObjectiveSpec,
+    s_spec: HeadSpec,
+    t_spec: HeadSpec | None,
+    logits: int,
+) -> Callable:
     """(z_raw, t_chunk, weights, extras) -> (grad wrt z_raw, (loss, divergence)) for chunks of
     up to `logits` entries. fuse=auto takes the Triton KL kernel on CUDA where it applies; otherwise
     auto and compile run the generic step compiled once per distinct (device kind, teacher kind,
@@ -196,8 +223,9 @@ def _step_fn(device: torch.device, fuse: str, views: Callable, spec: ObjectiveSp
     mode = "none" if fuse == "none" or (fuse == "auto" and cpu_eager) else "compile"
     key = (mode, cuda, views, spec, s_spec, t_spec)
     if key not in _steps:
-        fn = functools.partial(_value_and_grad, views=views, spec=spec, s_spec=s_spec,
-                               t_spec=t_spec)
+        fn = functools.partial(
+            _value_and_grad, views=views, spec=spec, s_spec=s_spec, t_spec=t_spec
+        )
         # The last chunk of a batch is shorter. CUDA keeps static shapes (a Triton kernel per
         # row count); on CPU one dynamic compile serves every row count at the same speed.
         _steps[key] = fn if mode == "none" else torch.compile(fn, dynamic=not cuda)
@@ -212,16 +240,34 @@ class _Chunked(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, teacher, weights, extras, spec: ObjectiveSpec,  # type: ignore[override]
-                s_spec: HeadSpec, chunk: int, stats: dict, fuse: str):
+    def forward(
+        ctx,
+        s_hidden,
+        s_weight,
+        teacher,
+        weights,
+        extras,
+        spec: ObjectiveSpec,  # type: ignore[override]
+        s_spec: HeadSpec,
+        chunk: int,
+        stats: dict,
+        fuse: str,
+    ):
         # Matmuls run in the weights' dtype (bf16 on GPU, fp32 on CPU); softmax, divergence
         # and gradients are float32; the head gradient accumulates in the weights' dtype.
         w_s = s_weight.detach()
         grad_h = torch.empty_like(s_hidden, dtype=w_s.dtype)
         grad_w = torch.zeros_like(w_s)
         # One step for every chunk: a shorter last chunk reuses it (compiled with dynamic rows).
-        step = _step_fn(s_hidden.device, fuse, teacher.views, spec, s_spec, teacher.spec,
-                        min(chunk, s_hidden.shape[0]) * w_s.shape[0])
+        step = _step_fn(
+            s_hidden.device,
+            fuse,
+            teacher.views,
+            spec,
+            s_spec,
+            teacher.spec,
+            min(chunk, s_hidden.shape[0]) * w_s.shape[0],
+        )
         total = torch.zeros((), dtype=torch.float32, device=s_hidden.device)
         div_sum = torch.zeros_like(total)
         for i in range(0, s_hidden.shape[0], chunk):
@@ -242,8 +288,18 @@ class _Chunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         grad_h, grad_w = ctx.saved_tensors
-        return ((grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]),
-                None, None, None, None, None, None, None, None)
+        return (
+            (grad_h * grad_out).to(ctx.dtypes[0]),
+            (grad_w * grad_out).to(ctx.dtypes[1]),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def chunked_loss(
@@ -268,21 +324,49 @@ def chunked_loss(
     spec = spec or ObjectiveSpec()
     if spec.divergence not in DIVERGENCES:
         raise KeyError(f"unknown divergence {spec.divergence!r}; registered: {sorted(DIVERGENCES)}")
-    if isinstance(teacher, HiddenTeacher) and student_weight.shape[0] != teacher.head.weight.shape[0]:
-        raise ValueError(f"student vocabulary ({student_weight.shape[0]}) and teacher vocabulary "
-                         f"({teacher.head.weight.shape[0]}) differ; use a cross-tokenizer method.")
-    return _Chunked.apply(student_hidden, student_weight, teacher, weights, extras or {}, spec,
-                          student_spec or HeadSpec(), chunk_size,
-                          stats if stats is not None else {}, fuse)
+    if (
+        isinstance(teacher, HiddenTeacher)
+        and student_weight.shape[0] != teacher.head.weight.shape[0]
+    ):
+        raise ValueError(
+            f"student vocabulary ({student_weight.shape[0]}) and teacher vocabulary "
+            f"({teacher.head.weight.shape[0]}) differ; use a cross-tokenizer method."
+        )
+    return _Chunked.apply(
+        student_hidden,
+        student_weight,
+        teacher,
+        weights,
+        extras or {},
+        spec,
+        student_spec or HeadSpec(),
+        chunk_size,
+        stats if stats is not None else {},
+        fuse,
+    )
 
 
-def chunked_kd_loss(student_hidden, student_weight, teacher_hidden, teacher_head: OutputHead,
-                    weights, divergence: str = "reverse_kl", temperature: float = 1.0,
-                    chunk_size: int = 512, student_spec: HeadSpec | None = None) -> torch.Tensor:
+def chunked_kd_loss(
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_head: OutputHead,
+    weights,
+    divergence: str = "reverse_kl",
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    student_spec: HeadSpec | None = None,
+) -> torch.Tensor:
     """The plain full-vocabulary divergence between hidden-state heads (see chunked_loss)."""
-    return chunked_loss(student_hidden, student_weight, HiddenTeacher(teacher_hidden, teacher_head),
-                        weights, ObjectiveSpec(divergence=divergence, temperature=temperature),
-                        chunk_size=chunk_size, student_spec=student_spec)
+    return chunked_loss(
+        student_hidden,
+        student_weight,
+        HiddenTeacher(teacher_hidden, teacher_head),
+        weights,
+        ObjectiveSpec(divergence=divergence, temperature=temperature),
+        chunk_size=chunk_size,
+        student_spec=student_spec,
+    )
 
 
 def discounted_advantages(reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -315,12 +399,12 @@ def chunked_token_stats(
         out["teacher_logprob"] = []
         out.update({d: [] for d in divergences})
     for i in range(0, student_hidden.shape[0], chunk_size):
-        tgt = targets[i:i + chunk_size].unsqueeze(-1)
-        z_s = spec.apply(student_hidden[i:i + chunk_size].float() @ student_weight.float().T)
+        tgt = targets[i : i + chunk_size].unsqueeze(-1)
+        z_s = spec.apply(student_hidden[i : i + chunk_size].float() @ student_weight.float().T)
         out["student_logprob"].append(torch.log_softmax(z_s, -1).gather(-1, tgt).squeeze(-1))
         if teacher_head is None:
             continue
-        z_t = teacher_head.logits(teacher_hidden[i:i + chunk_size])
+        z_t = teacher_head.logits(teacher_hidden[i : i + chunk_size])
         out["teacher_logprob"].append(torch.log_softmax(z_t, -1).gather(-1, tgt).squeeze(-1))
         for d in divergences:
             out[d].append(DIVERGENCES[d](z_s, z_t, params))

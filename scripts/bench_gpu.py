@@ -15,6 +15,7 @@ overrides, e.g. teacher.share_gpu=false); per-step stage times come from its
 metrics.jsonl. TRL runs through scripts/trl_runner.py. Generation length is fixed (EOS
 ignored) so random weights do not change the work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,47 @@ ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 151_936
 # Qwen3 shapes (head_dim 128 throughout); the small ones tie input and output embeddings.
 QWEN3 = {
-    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, intermediate_size=3072, tie_word_embeddings=True),
-    "1.7b": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, intermediate_size=6144, tie_word_embeddings=True),
-    "4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=9728, tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=12288, tie_word_embeddings=False),
+    "0.6b": dict(
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        intermediate_size=3072,
+        tie_word_embeddings=True,
+    ),
+    "1.7b": dict(
+        hidden_size=2048,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        intermediate_size=6144,
+        tie_word_embeddings=True,
+    ),
+    "4b": dict(
+        hidden_size=2560,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=9728,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=12288,
+        tie_word_embeddings=False,
+    ),
     # a toy shape to check this script end to end on a CPU
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, intermediate_size=128, tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+    ),
 }
 PAIRS = {"1.7b-8b": ("1.7b", "8b"), "0.6b-4b": ("0.6b", "4b"), "tiny-tiny": ("tiny", "tiny")}
 
@@ -56,8 +87,9 @@ def save_tokenizer(path: Path) -> None:
     vocab = {"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, VOCAB)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                            pad_token="<|endoftext|>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    ).save_pretrained(path)
 
 
 def build_model(shape: str, path: Path) -> Path:
@@ -66,8 +98,14 @@ def build_model(shape: str, path: Path) -> Path:
 
     if (path / "config.json").exists():
         return path
-    cfg = Qwen3Config(vocab_size=VOCAB, head_dim=128, max_position_embeddings=40_960,
-                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, **QWEN3[shape])
+    cfg = Qwen3Config(
+        vocab_size=VOCAB,
+        head_dim=128,
+        max_position_embeddings=40_960,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        **QWEN3[shape],
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU: seconds instead of minutes
@@ -84,7 +122,9 @@ def write_prompts(path: Path, n: int, prompt_len: int, response_len: int) -> Pat
     words = lambda k: " ".join(f"t{rng.randrange(1, VOCAB)}" for _ in range(k))  # noqa: E731
     with path.open("w") as f:
         for _ in range(n):
-            f.write(json.dumps({"prompt": words(prompt_len), "response": words(response_len)}) + "\n")
+            f.write(
+                json.dumps({"prompt": words(prompt_len), "response": words(response_len)}) + "\n"
+            )
     return path
 
 
@@ -106,7 +146,7 @@ def matmul_rate() -> float | None:
         e.record()
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e) / 1e3)
-    return 2 * 8192 ** 3 / statistics.median(times)
+    return 2 * 8192**3 / statistics.median(times)
 
 
 def train_flops(student: dict, teacher: dict, rows: int, prompt_len: int, new: int) -> float:
@@ -134,14 +174,23 @@ class GpuMemory:
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "-i", "0",
-                                      "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=10).stdout
+                out = subprocess.run(
+                    [
+                        "nvidia-smi",
+                        "--query-gpu=memory.used",
+                        "-i",
+                        "0",
+                        "--format=csv,noheader,nounits",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
                 self.peak = max(self.peak, float(out.split()[0]) / 1024)
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 return
 
-    def __enter__(self) -> "GpuMemory":
+    def __enter__(self) -> GpuMemory:
         self._thread.start()
         return self
 
@@ -157,74 +206,140 @@ def context(a) -> int:
 
 def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> dict:
     overrides = [
-        f"model.teacher={teacher}", f"model.student={student}", "model.student_keep_layers=[]",
-        f"data.prompts={prompts}", "data.chat_template=false", "data.eval_size=0",
+        f"model.teacher={teacher}",
+        f"model.student={student}",
+        "model.student_keep_layers=[]",
+        f"data.prompts={prompts}",
+        "data.chat_template=false",
+        "data.eval_size=0",
         f"data.max_prompt_tokens={a.prompt_len}",
-        "rollout.backend=vllm", f"rollout.max_new_tokens={a.new_tokens}", "rollout.ignore_eos=true",
-        f"rollout.n_samples={a.samples}", f"trainer.overlap={str(a.overlap).lower()}",
+        "rollout.backend=vllm",
+        f"rollout.max_new_tokens={a.new_tokens}",
+        "rollout.ignore_eos=true",
+        f"rollout.n_samples={a.samples}",
+        f"trainer.overlap={str(a.overlap).lower()}",
         f"rollout.max_model_len={context(a)}",
         f"rollout.gpu_memory_utilization={a.vllm_memory}",
-        "teacher.dtype=bfloat16", f"teacher.micro_batch_size={a.teacher_micro}",
-        "student.param_dtype=bfloat16", f"student.micro_batch_size={a.student_micro}",
-        "student.warmup_steps=0", f"loss.chunk_size={a.chunk}", "trainer.stages=[]",
-        f"trainer.steps={a.steps}", f"trainer.prompts_per_step={a.prompts}",
-        "trainer.checkpoint_every=-1", "trainer.save_student=false", f"trainer.output_dir={out}",
-        "log.wandb=disabled", "log.plot=false", "log.progress=false",
-        "ray.rollout.gpus=0.3", "ray.teacher.gpus=0.3", "ray.student.gpus=0.3",
+        "teacher.dtype=bfloat16",
+        f"teacher.micro_batch_size={a.teacher_micro}",
+        "student.param_dtype=bfloat16",
+        f"student.micro_batch_size={a.student_micro}",
+        "student.warmup_steps=0",
+        f"loss.chunk_size={a.chunk}",
+        "trainer.stages=[]",
+        f"trainer.steps={a.steps}",
+        f"trainer.prompts_per_step={a.prompts}",
+        "trainer.checkpoint_every=-1",
+        "trainer.save_student=false",
+        f"trainer.output_dir={out}",
+        "log.wandb=disabled",
+        "log.plot=false",
+        "log.progress=false",
+        "ray.rollout.gpus=0.3",
+        "ray.teacher.gpus=0.3",
+        "ray.student.gpus=0.3",
     ]
     overrides += a.extra
     if a.pair == "tiny-tiny":  # CPU check of this script: no GPU placement
         overrides = [o for o in overrides if not o.startswith("ray.")]
     start = time.perf_counter()
     with GpuMemory() as mem:
-        proc = subprocess.run([sys.executable, "-m", "ondistill.main", *overrides], cwd=ROOT,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ondistill.main", *overrides],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
     wall = time.perf_counter() - start
     if proc.returncode:
         return {"system": "ondistill", "error": (proc.stdout + proc.stderr)[-4000:]}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "time/train" in r][1:]  # first step: warm-up (compiles, caches)
-    stage = {k: statistics.median([r[f"time/{k}"] for r in steps])
-             for k in ("generate", "score", "train", "sync")}
+    stage = {
+        k: statistics.median([r[f"time/{k}"] for r in steps])
+        for k in ("generate", "score", "train", "sync")
+    }
     step_s = statistics.median([sum(r[f"time/{k}"] for k in stage) for r in steps])
     tokens = steps[0]["response_tokens"]
-    return {"system": "ondistill", "step_s": step_s, "tokens_per_step": tokens,
-            "tokens_per_s": tokens / step_s, "stages_s": stage, "wall_s": wall,
-            "peak_gpu_gib": mem.peak, "final_loss": rows[-1].get("loss"),
-            "alloc_retries": rows[-1].get("alloc_retries"), "overlap": a.overlap, "extra": a.extra,
-            "rollout_lag": [r.get("rollout_lag") for r in steps]}
+    return {
+        "system": "ondistill",
+        "step_s": step_s,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / step_s,
+        "stages_s": stage,
+        "wall_s": wall,
+        "peak_gpu_gib": mem.peak,
+        "final_loss": rows[-1].get("loss"),
+        "alloc_retries": rows[-1].get("alloc_retries"),
+        "overlap": a.overlap,
+        "extra": a.extra,
+        "rollout_lag": [r.get("rollout_lag") for r in steps],
+    }
 
 
 def run_trl(a, teacher: Path, student: Path, prompts: Path, out: Path, use_vllm: bool) -> dict:
     """TRL's DistillationTrainer (on-policy, reverse KL = beta 1) through scripts/trl_runner.py."""
-    spec = {"config": "on_policy", "student": str(student), "teacher": str(teacher),
-            "rows": str(prompts), "steps": a.steps, "batch": a.trl_batch,
-            "max_new_tokens": a.new_tokens, "lr": 1e-4, "seed": 0, "threads": 8, "beta": 1.0,
-            "use_vllm": use_vllm, "output_dir": str(out), "device": "cuda", "bf16": True,
-            "chat": False, "vllm_memory": a.vllm_memory,
-            "max_model_len": context(a)}
+    spec = {
+        "config": "on_policy",
+        "student": str(student),
+        "teacher": str(teacher),
+        "rows": str(prompts),
+        "steps": a.steps,
+        "batch": a.trl_batch,
+        "max_new_tokens": a.new_tokens,
+        "lr": 1e-4,
+        "seed": 0,
+        "threads": 8,
+        "beta": 1.0,
+        "use_vllm": use_vllm,
+        "output_dir": str(out),
+        "device": "cuda",
+        "bf16": True,
+        "chat": False,
+        "vllm_memory": a.vllm_memory,
+        "max_model_len": context(a),
+    }
     start = time.perf_counter()
     with GpuMemory() as mem:
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "trl_runner.py"),
-                               "--json-args", json.dumps(spec)], cwd=ROOT, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "trl_runner.py"),
+                "--json-args",
+                json.dumps(spec),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
     wall = time.perf_counter() - start
     name = f"trl_distillation{'_vllm' if use_vllm else ''}"
-    line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("TRL_RESULT ")), None)
+    line = next(
+        (x for x in reversed(proc.stdout.splitlines()) if x.startswith("TRL_RESULT ")), None
+    )
     if not line:
         return {"system": name, "error": (proc.stdout + proc.stderr)[-4000:]}
-    res = json.loads(line[len("TRL_RESULT "):])
+    res = json.loads(line[len("TRL_RESULT ") :])
     if res.get("error") or len(res["step_s"]) < 2:
         return {"system": name, "error": res.get("error"), "traceback": res.get("traceback")}
     step_s = statistics.median(res["step_s"][1:])
     tokens = statistics.median(res["response_tokens"][1:])
-    return {"system": name, "step_s": step_s, "tokens_per_step": tokens,
-            "tokens_per_s": tokens / step_s, "steps_s": res["step_s"], "wall_s": wall,
-            "peak_gpu_gib": mem.peak, "completion_min_len": res.get("completion_min_len")}
+    return {
+        "system": name,
+        "step_s": step_s,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / step_s,
+        "steps_s": res["step_s"],
+        "wall_s": wall,
+        "peak_gpu_gib": mem.peak,
+        "completion_min_len": res.get("completion_min_len"),
+    }
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--pair", choices=sorted(PAIRS), default="1.7b-8b")
     p.add_argument("--prompts", type=int, default=256, help="ondistill prompts per step")
     p.add_argument("--trl-batch", type=int, default=32, help="TRL prompts per step")
@@ -235,13 +350,23 @@ def main() -> None:
     p.add_argument("--teacher-micro", type=int, default=32)
     p.add_argument("--student-micro", type=int, default=32)
     p.add_argument("--samples", type=int, default=2, help="ondistill samples per prompt")
-    p.add_argument("--overlap", action="store_true",
-                   help="ondistill: generate the next batch while this one trains")
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="ondistill: generate the next batch while this one trains",
+    )
     p.add_argument("--chunk", type=int, default=1024)
-    p.add_argument("--extra", nargs="*", default=[],
-                   help="more ondistill overrides, e.g. teacher.share_gpu=false")
-    p.add_argument("--systems", default="ondistill,trl_distillation_vllm,trl_distillation",
-                   help="comma list of ondistill, trl_distillation_vllm, trl_distillation")
+    p.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        help="more ondistill overrides, e.g. teacher.share_gpu=false",
+    )
+    p.add_argument(
+        "--systems",
+        default="ondistill,trl_distillation_vllm,trl_distillation",
+        help="comma list of ondistill, trl_distillation_vllm, trl_distillation",
+    )
     p.add_argument("--workdir", default="/tmp/ondistill_bench")
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -252,22 +377,35 @@ def main() -> None:
     t0 = time.perf_counter()
     student = build_model(s_shape, work / f"qwen3-{s_shape}")
     teacher = build_model(t_shape, work / f"qwen3-{t_shape}")
-    prompts = write_prompts(work / f"prompts_{a.prompt_len}.jsonl", max(a.prompts, a.trl_batch) * 4,
-                            a.prompt_len, a.new_tokens)
+    prompts = write_prompts(
+        work / f"prompts_{a.prompt_len}.jsonl",
+        max(a.prompts, a.trl_batch) * 4,
+        a.prompt_len,
+        a.new_tokens,
+    )
     print(f"[bench] models and prompts ready in {time.perf_counter() - t0:.0f}s", flush=True)
     rate = matmul_rate()
     import torch
 
-    result = {"pair": a.pair, "args": vars(a), "matmul_flops": rate,
-              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "runs": []}
+    result = {
+        "pair": a.pair,
+        "args": vars(a),
+        "matmul_flops": rate,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "runs": [],
+    }
     for system in filter(None, a.systems.split(",")):  # --systems "": models and rate only
         out = work / f"run_{system}_{int(time.time())}"
         if system == "ondistill":
             res = run_ondistill(a, teacher, student, prompts, out)
             if "error" not in res and rate:
-                flops = train_flops(QWEN3[s_shape], QWEN3[t_shape], a.prompts * a.samples,
-                                    a.prompt_len, a.new_tokens)
+                flops = train_flops(
+                    QWEN3[s_shape],
+                    QWEN3[t_shape],
+                    a.prompts * a.samples,
+                    a.prompt_len,
+                    a.new_tokens,
+                )
                 res["train_tflops"] = flops / res["stages_s"]["train"] / 1e12
                 res["train_mfu"] = flops / res["stages_s"]["train"] / rate
         else:

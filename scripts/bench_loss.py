@@ -8,6 +8,7 @@ the four output-head matmuls (student fwd, teacher fwd, grad wrt hidden, grad wr
 
 Writes one JSON object per shape to stdout (and to --out if given).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,9 @@ def bench(n, h, v, device, dtype, chunk, divergence, reps, fuse):
 
     def ours():
         hs.grad = ws.grad = None
-        chunked_loss(hs, ws, HiddenTeacher(ht, head), weights, spec, chunk_size=chunk,
-                     fuse=fuse).backward()
+        chunked_loss(
+            hs, ws, HiddenTeacher(ht, head), weights, spec, chunk_size=chunk, fuse=fuse
+        ).backward()
 
     def naive():
         hs.grad = ws.grad = None
@@ -86,8 +88,15 @@ def bench(n, h, v, device, dtype, chunk, divergence, reps, fuse):
     for fn in (ours, naive, floor):  # warm-up
         fn()
     base = torch.cuda.memory_allocated() if device == "cuda" else 0
-    out = {"tokens": n, "hidden": h, "vocab": v, "dtype": str(dtype).removeprefix("torch."),
-           "chunk": chunk, "divergence": divergence, "fuse": fuse}
+    out = {
+        "tokens": n,
+        "hidden": h,
+        "vocab": v,
+        "dtype": str(dtype).removeprefix("torch."),
+        "chunk": chunk,
+        "divergence": divergence,
+        "fuse": fuse,
+    }
     # check agreement once
     hs.grad = ws.grad = None
     a = chunked_loss(hs, ws, HiddenTeacher(ht, head), weights, spec, chunk_size=chunk, fuse=fuse)
@@ -114,25 +123,45 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, nargs="+", default=[2048])
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--chunk", type=int, nargs="+", default=[0], help="0: 1024 on GPU, 512 on CPU")
-    ap.add_argument("--fuse", nargs="+", default=["auto"], choices=["auto", "compile", "none"],
-                    help="auto (GPU: the Triton KL kernel where it applies, else compiled; "
-                         "CPU: compiled for chunks of 4M+ logits), compile (the compiled "
-                         "generic step), none (the eager reference)")
+    ap.add_argument(
+        "--fuse",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "compile", "none"],
+        help="auto (GPU: the Triton KL kernel where it applies, else compiled; "
+        "CPU: compiled for chunks of 4M+ logits), compile (the compiled "
+        "generic step), none (the eager reference)",
+    )
     ap.add_argument("--divergence", default="reverse_kl")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     chunks = [c or (1024 if args.device == "cuda" else 512) for c in args.chunk]
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else \
-        f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    )
     results = []
     for h in args.hidden:
         for n in args.tokens:
             for chunk in chunks:
                 for fuse in args.fuse:
-                    r = {"machine": machine, **bench(n, h, args.vocab, args.device, dtype, chunk,
-                                                     args.divergence, args.reps, fuse)}
+                    r = {
+                        "machine": machine,
+                        **bench(
+                            n,
+                            h,
+                            args.vocab,
+                            args.device,
+                            dtype,
+                            chunk,
+                            args.divergence,
+                            args.reps,
+                            fuse,
+                        ),
+                    }
                     print(json.dumps(r), flush=True)
                     results.append(r)
     if args.out:

@@ -5,6 +5,7 @@ generates exactly --new-tokens. Engines alternate for --rounds rounds; medians r
 
     .venv/bin/python scripts/bench_rollout.py --prompts 16 --samples 2 --new-tokens 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,21 @@ def main() -> None:
 
     mc = ModelConfig()
     # the 6-layer student of the recorded results (docs/benchmarks.md), not today's default
-    student = derive_student(resolve(mc.student, mc.cache_dir), [0, 6, 12, 18, 24, 29],
-                             mc.cache_dir)
+    student = derive_student(
+        resolve(mc.student, mc.cache_dir), [0, 6, 12, 18, 24, 29], mc.cache_dir
+    )
     prompts = PromptSet(DataConfig(), AutoTokenizer.from_pretrained(student))
     batch = collate_prompts(prompts.next_examples(args.prompts), prompts.pad_id)
-    cfg = RolloutConfig(n_samples=args.samples, max_new_tokens=args.new_tokens,
-                        ignore_eos=True, threads=args.threads)
+    cfg = RolloutConfig(
+        n_samples=args.samples,
+        max_new_tokens=args.new_tokens,
+        ignore_eos=True,
+        threads=args.threads,
+    )
     engines = {"vllm": VLLMRollout(str(student), cfg), "hf": HFRollout(str(student), cfg)}
     times: dict[str, list[float]] = {name: [] for name in engines}
     tokens = args.prompts * args.samples * args.new_tokens
-    for name, engine in engines.items():
+    for engine in engines.values():
         engine.generate(batch, seed=0)  # warm-up
     for r in range(args.rounds):
         for name, engine in engines.items():
@@ -54,7 +60,9 @@ def main() -> None:
             assert out["response_ids"].numel() == tokens
     result = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, {platform.node()}",
-        "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
+        "prompts": args.prompts,
+        "samples": args.samples,
+        "new_tokens": args.new_tokens,
         **{f"{n}_tokens_per_s": tokens / statistics.median(t) for n, t in times.items()},
     }
     result["speedup_vllm_over_hf"] = result["vllm_tokens_per_s"] / result["hf_tokens_per_s"]

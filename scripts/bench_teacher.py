@@ -3,6 +3,7 @@ batch, and what crossing Ray's object store costs for hidden states vs full logi
 
     .venv/bin/python scripts/bench_teacher.py --seqs 16 --prompt 64 --response 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,18 +43,29 @@ def main() -> None:
 
     teacher = resolve("builtin:smollm2-135m-instruct", "~/.cache/ondistill")
     g = torch.Generator().manual_seed(0)
-    td = collate_prompts([Example(torch.randint(3, 49000, (args.prompt,), generator=g).tolist(), None)
-                          for _ in range(args.seqs)], 2)
-    td = collate_responses(td, [torch.randint(3, 49000, (args.response,), generator=g).tolist()
-                                for _ in range(args.seqs)], 2, args.response)
+    td = collate_prompts(
+        [
+            Example(torch.randint(3, 49000, (args.prompt,), generator=g).tolist(), None)
+            for _ in range(args.seqs)
+        ],
+        2,
+    )
+    td = collate_responses(
+        td,
+        [torch.randint(3, 49000, (args.response,), generator=g).tolist() for _ in range(args.seqs)],
+        2,
+        args.response,
+    )
     td.set(B.ROLLOUT_LOGPROBS, torch.zeros(td[B.RESPONSE_IDS].shape))
-    engines = {"sglang": SGLangTeacher(str(teacher), TeacherConfig()),
-               "hf": HFTeacher(str(teacher), TeacherConfig())}
+    engines = {
+        "sglang": SGLangTeacher(str(teacher), TeacherConfig()),
+        "hf": HFTeacher(str(teacher), TeacherConfig()),
+    }
     tokens = args.seqs * (args.prompt + args.response)
     out = {"machine": "2-core x86_64 VM (CPU)", "seqs": args.seqs, "tokens_per_call": tokens}
     for name, engine in engines.items():
         engine.score(td.clone())  # warm-up
-        t = median_time(lambda: engine.score(td.clone()), args.reps)
+        t = median_time(lambda e=engine: e.score(td.clone()), args.reps)
         out[f"{name}_score_s"] = t
         out[f"{name}_tokens_per_s"] = tokens / t
     engines["sglang"].shutdown()
@@ -70,7 +82,7 @@ def main() -> None:
     for name, tensor in (("hidden", hidden), ("logits", logits)):
         ref = ray.put(tensor)
         ray.get(hand_over.remote(ref))  # warm-up
-        t = median_time(lambda: ray.get(hand_over.remote(ref)), args.reps)
+        t = median_time(lambda r=ref: ray.get(hand_over.remote(r)), args.reps)
         nbytes = tensor.numel() * tensor.element_size()
         out[f"{name}_bytes"] = nbytes
         out[f"{name}_transfer_s"] = t

@@ -4,6 +4,7 @@ from templates x topics, each with a response written by the builtin teacher (gr
 
     .venv/bin/python scripts/make_prompts.py            # ~3 min on 2 cores
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,20 +14,50 @@ from pathlib import Path
 
 import torch
 
-TOPICS = ["the moon", "volcanoes", "honey bees", "the Roman Empire", "photosynthesis",
-          "prime numbers", "the Pacific Ocean", "electric cars", "coffee", "the human heart",
-          "rainbows", "chess", "the internet", "penguins", "gravity", "recycling", "bread",
-          "the Eiffel Tower", "black holes", "sleep", "vaccines", "the piano", "deserts",
-          "friendship", "solar panels", "dinosaurs", "the water cycle", "Python programming",
-          "earthquakes", "tea", "the Great Wall of China", "music"]
-TEMPLATES = ["Tell me one interesting fact about {t}.",
-             "Explain {t} to a ten-year-old in two sentences.",
-             "Write a short poem about {t}.",
-             "What is the most important thing to know about {t}?",
-             "Give three words that describe {t}.",
-             "Write one sentence that starts with the word 'Imagine' about {t}.",
-             "Why do people find {t} interesting?",
-             "Summarize what you know about {t} in one sentence."]
+TOPICS = [
+    "the moon",
+    "volcanoes",
+    "honey bees",
+    "the Roman Empire",
+    "photosynthesis",
+    "prime numbers",
+    "the Pacific Ocean",
+    "electric cars",
+    "coffee",
+    "the human heart",
+    "rainbows",
+    "chess",
+    "the internet",
+    "penguins",
+    "gravity",
+    "recycling",
+    "bread",
+    "the Eiffel Tower",
+    "black holes",
+    "sleep",
+    "vaccines",
+    "the piano",
+    "deserts",
+    "friendship",
+    "solar panels",
+    "dinosaurs",
+    "the water cycle",
+    "Python programming",
+    "earthquakes",
+    "tea",
+    "the Great Wall of China",
+    "music",
+]
+TEMPLATES = [
+    "Tell me one interesting fact about {t}.",
+    "Explain {t} to a ten-year-old in two sentences.",
+    "Write a short poem about {t}.",
+    "What is the most important thing to know about {t}?",
+    "Give three words that describe {t}.",
+    "Write one sentence that starts with the word 'Imagine' about {t}.",
+    "Why do people find {t} interesting?",
+    "Summarize what you know about {t} in one sentence.",
+]
 
 
 def main() -> None:
@@ -41,15 +72,22 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
     rows = []
     for i in range(0, len(prompts), 32):
-        chunk = prompts[i:i + 32]
-        enc = tok.apply_chat_template([[{"role": "user", "content": p}] for p in chunk],
-                                      add_generation_prompt=True, padding=True,
-                                      return_tensors="pt", return_dict=True)
+        chunk = prompts[i : i + 32]
+        enc = tok.apply_chat_template(
+            [[{"role": "user", "content": p}] for p in chunk],
+            add_generation_prompt=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=64, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        for p, seq in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
-            rows.append({"prompt": p, "response": tok.decode(seq, skip_special_tokens=True).strip()})
+            out = model.generate(
+                **enc, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        for p, seq in zip(chunk, out[:, enc["input_ids"].shape[1] :], strict=True):
+            rows.append(
+                {"prompt": p, "response": tok.decode(seq, skip_special_tokens=True).strip()}
+            )
         print(f"{len(rows)}/{len(prompts)}", flush=True)
     path = Path(__file__).resolve().parents[1] / "ondistill" / "assets" / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -6,6 +6,7 @@ as a Ray actor, as the trainer places it, so the two can be compared in one run.
     python scripts/profile_train.py STUDENT_DIR TEACHER_DIR --rows 8 --prompt 40 --response 64 \
         --param-dtype float32 --ray                            # CPU: in-process vs Ray actor
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,31 +34,44 @@ def main() -> None:
     p.add_argument("--param-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ray", action="store_true", help="also time the worker as a Ray actor")
-    p.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
-                   help="torch.compile the decoder blocks (auto: on CUDA)")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="torch.compile the decoder blocks (auto: on CUDA)",
+    )
     a = p.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    cfg = StudentConfig(param_dtype=a.param_dtype, micro_batch_size=a.rows, threads=a.threads,
-                        compile={"auto": None, "true": True, "false": False}[a.compile])
+    cfg = StudentConfig(
+        param_dtype=a.param_dtype,
+        micro_batch_size=a.rows,
+        threads=a.threads,
+        compile={"auto": None, "true": True, "false": False}[a.compile],
+    )
     w = StudentWorker(0, 1, cfg, LossConfig(chunk_size=a.chunk))
     w.setup(("127.0.0.1", 29533), a.student, a.teacher, 10)
     th = w.model.teacher_head.weight.shape[1]
     v = w.model.lm.config.vocab_size
     dtype = torch.bfloat16 if a.param_dtype == "bfloat16" else torch.float32
-    td = TensorDict({
-        B.PROMPT_IDS: torch.randint(1, v, (a.rows, a.prompt)),
-        B.PROMPT_MASK: torch.ones(a.rows, a.prompt, dtype=torch.bool),
-        B.PROMPT_INDEX: torch.arange(a.rows),
-        B.RESPONSE_IDS: torch.randint(1, v, (a.rows, a.response)),
-        B.RESPONSE_MASK: torch.ones(a.rows, a.response, dtype=torch.bool),
-        B.ROLLOUT_LOGPROBS: torch.zeros(a.rows, a.response),
-        B.TEACHER_HIDDEN: torch.randn(a.rows, a.response, th, dtype=dtype)},
-        batch_size=[a.rows])
+    td = TensorDict(
+        {
+            B.PROMPT_IDS: torch.randint(1, v, (a.rows, a.prompt)),
+            B.PROMPT_MASK: torch.ones(a.rows, a.prompt, dtype=torch.bool),
+            B.PROMPT_INDEX: torch.arange(a.rows),
+            B.RESPONSE_IDS: torch.randint(1, v, (a.rows, a.response)),
+            B.RESPONSE_MASK: torch.ones(a.rows, a.response, dtype=torch.bool),
+            B.ROLLOUT_LOGPROBS: torch.zeros(a.rows, a.response),
+            B.TEACHER_HIDDEN: torch.randn(a.rows, a.response, th, dtype=dtype),
+        },
+        batch_size=[a.rows],
+    )
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for step in range(a.steps):
-        sync(); t0 = time.perf_counter()
+    for _ in range(a.steps):
+        sync()
+        t0 = time.perf_counter()
         w.train_step(td, a.rows * a.response, a.rows)
-        sync(); print(f"train_step {time.perf_counter() - t0:.3f}s", flush=True)
+        sync()
+        print(f"train_step {time.perf_counter() - t0:.3f}s", flush=True)
     if a.ray:
         time_in_actor(a, cfg, td)
     if a.profile:  # the top kernels of one more step
@@ -71,6 +85,7 @@ def main() -> None:
     if torch.cuda.is_available():
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
+
 def time_in_actor(a: argparse.Namespace, cfg: StudentConfig, td: TensorDict) -> None:
     """The same steps in a Ray actor (its own process, as workers/group.py places it)."""
     import ray
@@ -80,7 +95,7 @@ def time_in_actor(a: argparse.Namespace, cfg: StudentConfig, td: TensorDict) -> 
     init_ray(num_cpus=8)
     actor = ray.remote(num_cpus=1)(StudentWorker).remote(0, 1, cfg, LossConfig(chunk_size=a.chunk))
     ray.get(actor.setup.remote(("127.0.0.1", 29534), a.student, a.teacher, 10))
-    for step in range(a.steps):
+    for _ in range(a.steps):
         t0 = time.perf_counter()
         ray.get(actor.train_step.remote(td, a.rows * a.response, a.rows))
         print(f"ray actor train_step {time.perf_counter() - t0:.3f}s", flush=True)

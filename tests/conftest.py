@@ -1,6 +1,7 @@
 """Shared fixtures: real Ray, the real SmolLM2, Gemma-3 and GPT-2 tokenizers, and tiny random
 models built once per test run (a 4-layer Llama 'teacher' and a 2-layer student derived from it;
 a 2-layer Gemma-3 teacher with Gemma's tokenizer for cross-tokenizer runs)."""
+
 from __future__ import annotations
 
 import json
@@ -56,15 +57,27 @@ def tiny_gemma_teacher(tmp_path_factory, gemma_dir) -> Path:
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
     tok = AutoTokenizer.from_pretrained(gemma_dir)
-    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                              head_dim=32, max_position_embeddings=512, initializer_range=0.1,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.pad_token_id, sliding_window=64)
+    config = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        sliding_window=64,
+    )
     torch.manual_seed(0)
     teacher = Gemma3ForCausalLM(config)
-    teacher.generation_config.eos_token_id = [tok.eos_token_id,
-                                              tok.convert_tokens_to_ids("<end_of_turn>")]
+    teacher.generation_config.eos_token_id = [
+        tok.eos_token_id,
+        tok.convert_tokens_to_ids("<end_of_turn>"),
+    ]
     teacher.generation_config.pad_token_id = tok.pad_token_id
     path = tmp_path_factory.mktemp("tiny-gemma") / "teacher"
     teacher.save_pretrained(path)
@@ -83,11 +96,20 @@ def tiny_dirs(tmp_path_factory, smollm2_dir) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny")
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     # head_dim 64: vLLM's CPU attention supports only common head sizes.
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         initializer_range=0.1, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     teacher = LlamaForCausalLM(config)
     teacher.generation_config.eos_token_id = tok.eos_token_id
@@ -103,8 +125,13 @@ def tiny_dirs(tmp_path_factory, smollm2_dir) -> tuple[Path, Path]:
 def prompts_file(tmp_path_factory) -> Path:
     """40 prompts with short responses (responses make off-policy batches possible)."""
     path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
-    rows = [{"prompt": f"Say something about the number {i}.",
-             "response": f"The number {i} comes after {i - 1}."} for i in range(40)]
+    rows = [
+        {
+            "prompt": f"Say something about the number {i}.",
+            "response": f"The number {i} comes after {i - 1}.",
+        }
+        for i in range(40)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -128,4 +155,5 @@ def dynamo_graphs(actor) -> int:
         from torch._dynamo.utils import counters
 
         return int(counters["stats"]["unique_graphs"])
+
     return ray.get(actor.__ray_call__.remote(count))

@@ -1,6 +1,7 @@
 """A real two-node Ray cluster on this machine (`ray start --head` plus a second
 `ray start --address` node with its own resources): a short job's actors land on both nodes
 as the placement config says, and an impossible request is refused before any actor starts."""
+
 import os
 import re
 import secrets
@@ -58,18 +59,36 @@ def cluster(tmp_path_factory):
     env["RAY_AUTH_TOKEN_PATH"], env["RAY_AUTH_MODE"] = str(token), "token"  # for `ray status`
     port = free_port()
     script = ROOT / "scripts" / "cluster.sh"
-    nodes = [subprocess.Popen([script, "head", str(port), '{"node_a": 4}', "--block"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)]
+    nodes = [
+        subprocess.Popen(
+            [script, "head", str(port), '{"node_a": 4}', "--block"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
     try:
         _wait_for_port(port, nodes[0])
-        nodes.append(subprocess.Popen([script, "worker", f"127.0.0.1:{port}", '{"node_b": 4}',
-                                       "--block"], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        nodes.append(
+            subprocess.Popen(
+                [script, "worker", f"127.0.0.1:{port}", '{"node_b": 4}', "--block"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         deadline = time.time() + 120
-        while "node_b" not in subprocess.run(  # the worker node has joined
+        while (
+            "node_b"
+            not in subprocess.run(  # the worker node has joined
                 [Path(sys.executable).parent / "ray", "status", f"--address=127.0.0.1:{port}"],
-                env=env, capture_output=True, text=True).stdout:
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout
+        ):
             assert time.time() < deadline and nodes[1].poll() is None, "worker did not join"
             time.sleep(1)
         yield f"127.0.0.1:{port}", env
@@ -82,23 +101,53 @@ def submit(cluster, tmp_path, tiny_dirs, prompts_file, *extra):
     address, env = cluster
     teacher, student = tiny_dirs
     return subprocess.run(
-        [ROOT / "scripts" / "cluster.sh", "submit", address,
-         f"model.teacher={teacher}", f"model.student={student}", "model.student_keep_layers=[]",
-         f"model.cache_dir={tmp_path}", f"data.prompts={prompts_file}", "data.eval_size=0",
-         "rollout.backend=hf", "rollout.max_new_tokens=6", "rollout.threads=1",
-         "teacher.threads=1", "student.threads=1", "trainer.steps=2",
-         "trainer.prompts_per_step=2", "trainer.save_student=false", "log.wandb=disabled",
-         "log.progress=false", "log.plot=false", f"trainer.output_dir={tmp_path / 'out'}", *extra],
-        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        [
+            ROOT / "scripts" / "cluster.sh",
+            "submit",
+            address,
+            f"model.teacher={teacher}",
+            f"model.student={student}",
+            "model.student_keep_layers=[]",
+            f"model.cache_dir={tmp_path}",
+            f"data.prompts={prompts_file}",
+            "data.eval_size=0",
+            "rollout.backend=hf",
+            "rollout.max_new_tokens=6",
+            "rollout.threads=1",
+            "teacher.threads=1",
+            "student.threads=1",
+            "trainer.steps=2",
+            "trainer.prompts_per_step=2",
+            "trainer.save_student=false",
+            "log.wandb=disabled",
+            "log.progress=false",
+            "log.plot=false",
+            f"trainer.output_dir={tmp_path / 'out'}",
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
 
 
 def test_roles_land_on_the_nodes_config_asks_for(cluster, tmp_path, tiny_dirs, prompts_file):
-    job = submit(cluster, tmp_path, tiny_dirs, prompts_file, "student.world_size=2",
-                 "+ray.rollout.resources.node_a=1", "+ray.teacher.resources.node_a=1",
-                 "+ray.student.resources.node_b=1")
+    job = submit(
+        cluster,
+        tmp_path,
+        tiny_dirs,
+        prompts_file,
+        "student.world_size=2",
+        "+ray.rollout.resources.node_a=1",
+        "+ray.teacher.resources.node_a=1",
+        "+ray.student.resources.node_b=1",
+    )
     assert job.returncode == 0, job.stderr[-3000:]
-    line = re.search(r"placement \(Ray node ids\): rollout (\w+) teacher (\w+) student (\w+),(\w+)",
-                     job.stdout)
+    line = re.search(
+        r"placement \(Ray node ids\): rollout (\w+) teacher (\w+) student (\w+),(\w+)", job.stdout
+    )
     assert line, job.stdout[-2000:]
     rollout, teacher, s0, s1 = line.groups()
     assert rollout == teacher and s0 == s1 and rollout != s0  # two nodes, as placed
@@ -106,8 +155,14 @@ def test_roles_land_on_the_nodes_config_asks_for(cluster, tmp_path, tiny_dirs, p
 
 
 def test_impossible_request_is_refused_before_work(cluster, tmp_path, tiny_dirs, prompts_file):
-    job = submit(cluster, tmp_path, tiny_dirs, prompts_file, "student.world_size=2",
-                 "+ray.student.resources.node_b=3")
+    job = submit(
+        cluster,
+        tmp_path,
+        tiny_dirs,
+        prompts_file,
+        "student.world_size=2",
+        "+ray.student.resources.node_b=3",
+    )
     assert job.returncode != 0
     assert "ask Ray for 6 node_b but the cluster has 4" in job.stderr
 
@@ -119,6 +174,9 @@ def test_driver_without_the_token_is_refused(cluster, tmp_path):
     job = subprocess.run(
         [sys.executable, "-c", f"import ray; ray.init(address='{address}'); print(ray.nodes())"],
         env={**env, "RAY_AUTH_TOKEN_PATH": str(wrong)},
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert job.returncode != 0
     assert "auth" in (job.stdout + job.stderr).lower()

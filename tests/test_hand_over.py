@@ -3,6 +3,7 @@ the copy through host memory; without a shared GPU the hand-over falls back to t
 
 The GPU test builds its own random pair (no tokenizer needed), so it also runs on the lent GPU
 machines, which have no model packages: `python -m pytest tests/test_hand_over.py`."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,10 +26,17 @@ def pair(tmp_path_factory) -> tuple[str, str]:
     dirs = []
     for name, layers in (("teacher", 3), ("student", 2)):
         torch.manual_seed(len(dirs))
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256,
-                          num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                          max_position_embeddings=256, tie_word_embeddings=True,
-                          initializer_range=0.1)
+        cfg = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            initializer_range=0.1,
+        )
         LlamaForCausalLM(cfg).save_pretrained(root / name)
         dirs.append(str(root / name))
     return dirs[0], dirs[1]
@@ -38,21 +46,34 @@ def rollout_batch(rows: int = 4, prompt: int = 5, response: int = 7) -> TensorDi
     g = torch.Generator().manual_seed(0)
     mask = torch.ones(rows, response, dtype=torch.bool)
     mask[1, 4:] = False  # one shorter response
-    return B.check(TensorDict({
-        B.PROMPT_IDS: torch.randint(1, VOCAB, (rows, prompt), generator=g),
-        B.PROMPT_MASK: torch.ones(rows, prompt, dtype=torch.bool),
-        B.PROMPT_INDEX: torch.arange(rows),
-        B.RESPONSE_IDS: torch.randint(1, VOCAB, (rows, response), generator=g),
-        B.RESPONSE_MASK: mask,
-        B.ROLLOUT_LOGPROBS: torch.zeros(rows, response),
-    }, batch_size=[rows]), B.ROLLOUT, "test")
+    return B.check(
+        TensorDict(
+            {
+                B.PROMPT_IDS: torch.randint(1, VOCAB, (rows, prompt), generator=g),
+                B.PROMPT_MASK: torch.ones(rows, prompt, dtype=torch.bool),
+                B.PROMPT_INDEX: torch.arange(rows),
+                B.RESPONSE_IDS: torch.randint(1, VOCAB, (rows, response), generator=g),
+                B.RESPONSE_MASK: mask,
+                B.ROLLOUT_LOGPROBS: torch.zeros(rows, response),
+            },
+            batch_size=[rows],
+        ),
+        B.ROLLOUT,
+        "test",
+    )
 
 
 def groups(pair, gpus: float) -> tuple[TeacherGroup, StudentGroup]:
     teacher_dir, student_dir = pair
     teacher = TeacherGroup("hf", teacher_dir, TeacherConfig(), Placement(gpus=gpus))
-    student = StudentGroup(StudentConfig(lr=1e-3, warmup_steps=0, threads=1), LossConfig(),
-                           student_dir, teacher_dir, 4, Placement(gpus=gpus))
+    student = StudentGroup(
+        StudentConfig(lr=1e-3, warmup_steps=0, threads=1),
+        LossConfig(),
+        student_dir,
+        teacher_dir,
+        4,
+        Placement(gpus=gpus),
+    )
     return teacher, student
 
 
@@ -80,7 +101,8 @@ def test_hand_over_on_one_gpu_equals_the_host_copy(ray_local, pair):
     ipc, host = student.token_stats(handed), student.token_stats(by_value)
     for key in ("student_logprob", "teacher_logprob"):
         torch.testing.assert_close(ipc[key], host[key], rtol=1e-5, atol=1e-5)
-    losses = [student.train_step(teacher.score(rollout_batch(), hand_over=True))["loss"]
-              for _ in range(3)]
+    losses = [
+        student.train_step(teacher.score(rollout_batch(), hand_over=True))["loss"] for _ in range(3)
+    ]
     assert losses[-1] < losses[0]  # the student trains on handed-over hidden states
     teacher.kill(), student.kill()

@@ -1,4 +1,5 @@
 """Bad input fails early with one sentence naming what is wrong and how to fix it."""
+
 import json
 import re
 import subprocess
@@ -13,20 +14,35 @@ from ondistill.data import DataError, PromptSet
 from ondistill.models import resolve
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("rollout.backend", "bogus", "rollout.backend='bogus' is not valid; choose one of: auto, hf, vllm"),
-    ("loss.divergence", "l2", "loss.divergence='l2' is not valid"),
-    ("rollout.temperature", 0.0, "rollout.temperature=0.0 is out of range; it must be > 0"),
-    ("trainer.on_policy_fraction", 1.5, "trainer.on_policy_fraction=1.5 is out of range"),
-    ("student.warmup_steps", -1, "student.warmup_steps=-1 is out of range; it must be >= 0"),
-    ("student.min_lr_ratio", 1.5, "student.min_lr_ratio=1.5 is out of range; it must be in [0, 1]"),
-    ("rollout.threads", 0, "rollout.threads=0 is out of range; it must be >= 1"),
-    ("teacher.threads", -2, "teacher.threads=-2 is out of range"),
-    ("student.threads", 0, "student.threads=0 is out of range"),
-    ("rollout.max_model_len", 100, "rollout.max_model_len=100 cannot hold a prompt of "
-                                   "data.max_prompt_tokens=128 plus rollout.max_new_tokens=48; "
-                                   "set rollout.max_model_len>=176"),
-])
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        (
+            "rollout.backend",
+            "bogus",
+            "rollout.backend='bogus' is not valid; choose one of: auto, hf, vllm",
+        ),
+        ("loss.divergence", "l2", "loss.divergence='l2' is not valid"),
+        ("rollout.temperature", 0.0, "rollout.temperature=0.0 is out of range; it must be > 0"),
+        ("trainer.on_policy_fraction", 1.5, "trainer.on_policy_fraction=1.5 is out of range"),
+        ("student.warmup_steps", -1, "student.warmup_steps=-1 is out of range; it must be >= 0"),
+        (
+            "student.min_lr_ratio",
+            1.5,
+            "student.min_lr_ratio=1.5 is out of range; it must be in [0, 1]",
+        ),
+        ("rollout.threads", 0, "rollout.threads=0 is out of range; it must be >= 1"),
+        ("teacher.threads", -2, "teacher.threads=-2 is out of range"),
+        ("student.threads", 0, "student.threads=0 is out of range"),
+        (
+            "rollout.max_model_len",
+            100,
+            "rollout.max_model_len=100 cannot hold a prompt of "
+            "data.max_prompt_tokens=128 plus rollout.max_new_tokens=48; "
+            "set rollout.max_model_len>=176",
+        ),
+    ],
+)
 def test_bad_config_values(key, value, needle):
     cfg = Config()
     section, field = key.split(".")
@@ -46,14 +62,17 @@ def test_missing_model_path(tmp_path):
         resolve("builtin:gpt5", str(tmp_path))
 
 
-@pytest.mark.parametrize("line,needle", [
-    ("{not json", "not valid JSON"),
-    ('["a list"]', "is a JSON list, not an object"),
-    ('{"prompt": ""}', "'prompt' is missing or empty"),
-    ('{"text": "hi"}', "'prompt' is missing or empty"),
-    ('{"prompt": "hi", "response": 3}', "'response' is a int"),
-    (json.dumps({"prompt": "word " * 400}), "over data.max_prompt_tokens=128"),
-])
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ("{not json", "not valid JSON"),
+        ('["a list"]', "is a JSON list, not an object"),
+        ('{"prompt": ""}', "'prompt' is missing or empty"),
+        ('{"text": "hi"}', "'prompt' is missing or empty"),
+        ('{"prompt": "hi", "response": 3}', "'response' is a int"),
+        (json.dumps({"prompt": "word " * 400}), "over data.max_prompt_tokens=128"),
+    ],
+)
 def test_bad_rows_name_file_and_line(tmp_path, tiny_dirs, line, needle):
     tok = AutoTokenizer.from_pretrained(tiny_dirs[1])
     path = tmp_path / "p.jsonl"
@@ -87,8 +106,13 @@ def test_batch_check_names_the_key():
 
 
 def _cli(*args, timeout=120, cwd=None):
-    return subprocess.run([sys.executable, "-m", "ondistill.main", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "ondistill.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def test_cli_prints_config_and_rejects_bad_keys_before_work():
@@ -131,21 +155,28 @@ def test_mismatched_tokenizers_are_refused_before_any_model_loads(tmp_path, tiny
     cfg = _tiny_cfg(tiny_dirs, tmp_path)
     cfg.model.teacher = str(_weightless_copy(tiny_dirs[0], tmp_path / "teacher"))
     cfg.model.student = str(other)
-    with pytest.raises(ConfigError, match="tokenize differently; pick a student with the "
-                                          "teacher's tokenizer"):
+    with pytest.raises(
+        ConfigError, match="tokenize differently; pick a student with the teacher's tokenizer"
+    ):
         prepare(cfg)
     student_tok, teacher_tok = check_tokenizers(tiny_dirs[0], tiny_dirs[1])
     assert teacher_tok is None and len(student_tok) == len(tok) - 1  # the student's own
-    with pytest.raises(ConfigError, match="loss.cross_tokenizer=exact is for a teacher with "
-                                          "another tokenizer, but teacher and student share one"):
+    with pytest.raises(
+        ConfigError,
+        match="loss.cross_tokenizer=exact is for a teacher with "
+        "another tokenizer, but teacher and student share one",
+    ):
         check_tokenizers(tiny_dirs[0], tiny_dirs[1], "exact")
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b"\xff\xfe\x00binary", "p.jsonl:3: not UTF-8 text (byte 0 of the line)"),
-    (b'{"prompt": 42}', "p.jsonl:3: 'prompt' is a number, not a string"),
-    (b'{"prompt": ["a"]}', "p.jsonl:3: 'prompt' is a list, not a string"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"\xff\xfe\x00binary", "p.jsonl:3: not UTF-8 text (byte 0 of the line)"),
+        (b'{"prompt": 42}', "p.jsonl:3: 'prompt' is a number, not a string"),
+        (b'{"prompt": ["a"]}', "p.jsonl:3: 'prompt' is a list, not a string"),
+    ],
+)
 def test_bad_bytes_and_types_name_the_line_and_can_be_skipped(tmp_path, tiny_dirs, content, needle):
     tok = AutoTokenizer.from_pretrained(tiny_dirs[1])
     path = tmp_path / "p.jsonl"
@@ -188,8 +219,11 @@ def test_keep_layers_out_of_range_before_weights_load(tmp_path, tiny_dirs):
     from ondistill.models import derive_student
 
     source = _weightless_copy(tiny_dirs[0], tmp_path / "teacher")  # 4 layers, no weights
-    with pytest.raises(ConfigError, match=r"student_keep_layers has \[99\], but the source "
-                                          r"model has layers 0..3"):
+    with pytest.raises(
+        ConfigError,
+        match=r"student_keep_layers has \[99\], but the source "
+        r"model has layers 0..3",
+    ):
         derive_student(source, [0, 99], str(tmp_path / "cache"))
 
 
@@ -213,8 +247,11 @@ def test_stop_token_outside_vocabulary(tmp_path, tiny_dirs):
 
     cfg = _tiny_cfg(tiny_dirs, tmp_path)
     cfg.rollout.stop_token_ids = [2, 10**6]
-    with pytest.raises(ConfigError, match=r"rollout.stop_token_ids has \[1000000\], outside the "
-                                          "student's vocabulary of 49152 tokens"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rollout.stop_token_ids has \[1000000\], outside the "
+        "student's vocabulary of 49152 tokens",
+    ):
         prepare(cfg)
 
 
@@ -223,9 +260,15 @@ def test_unreachable_cluster_fails_fast_and_writes_nothing(tmp_path, tiny_dirs):
 
     out = tmp_path / "out"
     start = time.perf_counter()
-    res = _cli(f"model.teacher={tiny_dirs[0]}", f"model.student={tiny_dirs[1]}",
-               "model.student_keep_layers=[]", f"model.cache_dir={tmp_path}",
-               "ray.address=127.0.0.1:1", f"trainer.output_dir={out}", cwd=tmp_path)
+    res = _cli(
+        f"model.teacher={tiny_dirs[0]}",
+        f"model.student={tiny_dirs[1]}",
+        "model.student_keep_layers=[]",
+        f"model.cache_dir={tmp_path}",
+        "ray.address=127.0.0.1:1",
+        f"trainer.output_dir={out}",
+        cwd=tmp_path,
+    )
     assert res.returncode != 0
     assert "ray.address=127.0.0.1:1: no Ray cluster answers there" in res.stderr
     assert time.perf_counter() - start < 90
@@ -244,8 +287,11 @@ def test_stage_schedule_follows_shares_and_refuses_bad_stages():
 
     cfg = Config()
     cfg.trainer.steps = 7
-    cfg.trainer.stages = [StageConfig("a", 0.3, 0.0, "forward_kl"), StageConfig("b", 0.3),
-                          StageConfig("c")]
+    cfg.trainer.stages = [
+        StageConfig("a", 0.3, 0.0, "forward_kl"),
+        StageConfig("b", 0.3),
+        StageConfig("c"),
+    ]
     stages = schedule(cfg)
     assert [(s.name, s.first, s.steps) for s in stages] == [("a", 0, 2), ("b", 2, 2), ("c", 4, 3)]
     assert [stage_at(stages, u).name for u in range(7)] == list("aabbccc")
@@ -257,11 +303,17 @@ def test_stage_schedule_follows_shares_and_refuses_bad_stages():
     with pytest.raises(ConfigError, match=re.escape("all shares together at most 1")):
         validate(cfg)
     cfg.trainer.stages = [StageConfig("a", 0.5, divergence="l2"), StageConfig("b")]
-    with pytest.raises(ConfigError, match=re.escape("trainer.stages[0].divergence='l2' is not valid")):
+    with pytest.raises(
+        ConfigError, match=re.escape("trainer.stages[0].divergence='l2' is not valid")
+    ):
         validate(cfg)
     cfg.trainer.stages = [StageConfig("a", 0.5, 0.0, objective="policy_gradient"), StageConfig("b")]
-    with pytest.raises(ConfigError, match=re.escape("trainer.stages[0] trains loss.objective="
-                                                    "policy_gradient, which needs on-policy")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "trainer.stages[0] trains loss.objective=policy_gradient, which needs on-policy"
+        ),
+    ):
         validate(cfg)
 
 
@@ -269,11 +321,17 @@ def test_setting_that_every_stage_replaces_is_refused():
     from ondistill.config import StageConfig
 
     cfg = Config()
-    cfg.trainer.stages = [StageConfig("a", 0.5, 0.0, "forward_kl"),
-                          StageConfig("b", None, 0.5, "forward_kl")]
+    cfg.trainer.stages = [
+        StageConfig("a", 0.5, 0.0, "forward_kl"),
+        StageConfig("b", None, 0.5, "forward_kl"),
+    ]
     validate(cfg)
     cfg.loss.divergence = "jsd"
-    with pytest.raises(ConfigError, match=re.escape(
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
             "loss.divergence=jsd has no effect: every stage of trainer.stages sets its own "
-            "divergence; set it per stage (e.g. trainer.stages.1.divergence=jsd)")):
+            "divergence; set it per stage (e.g. trainer.stages.1.divergence=jsd)"
+        ),
+    ):
         validate(cfg)

@@ -3,6 +3,7 @@ CPU: the same step contract as the generic path, equal to a float64 reference.
 
 The interpreter must be chosen before Triton is first imported, so the kernel tests run in a
 child pytest with TRITON_INTERPRET=1 (and are skipped in this process)."""
+
 import os
 import re
 import subprocess
@@ -13,8 +14,14 @@ import torch
 
 from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec
-from ondistill.losses import (HiddenTeacher, ObjectiveSpec, TopKTeacher, _kernel_applies,
-                              _kl_kernel_step, _value_and_grad)
+from ondistill.losses import (
+    HiddenTeacher,
+    ObjectiveSpec,
+    TopKTeacher,
+    _kernel_applies,
+    _kl_kernel_step,
+    _value_and_grad,
+)
 
 pytest.importorskip("triton")
 CHILD = os.environ.get("TRITON_INTERPRET") == "1"
@@ -24,16 +31,21 @@ in_child = pytest.mark.skipif(not CHILD, reason="runs in test_kernels_under_the_
 def test_kernels_under_the_interpreter():
     if CHILD:
         pytest.skip("this is the child run")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           __file__], env={**os.environ, "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert int(re.search(r"(\d+) passed", proc.stdout).group(1)) >= 9, proc.stdout[-2000:]
 
 
 @pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl"])
-@pytest.mark.parametrize("c,v,block,temperature", [(5, 1000, 256, 1.0), (3, 77, 4096, 2.0),
-                                                   (4, 512, 128, 0.7)])
+@pytest.mark.parametrize(
+    "c,v,block,temperature", [(5, 1000, 256, 1.0), (3, 77, 4096, 2.0), (4, 512, 128, 0.7)]
+)
 @in_child
 def test_kernel_matches_float64_reference(divergence, c, v, block, temperature):
     from ondistill.kernels.kl import kl_chunk
@@ -61,8 +73,15 @@ def test_kernel_step_equals_generic_step(divergence):
     spec = ObjectiveSpec(divergence=divergence, temperature=1.5)
     grad, (loss, div) = _kl_kernel_step(z_raw, chunk, weights, {}, spec)
     ref_grad, (ref_loss, ref_div) = _value_and_grad(
-        z_raw, chunk, weights, {}, views=HiddenTeacher.views, spec=spec, s_spec=HeadSpec(),
-        t_spec=HeadSpec())
+        z_raw,
+        chunk,
+        weights,
+        {},
+        views=HiddenTeacher.views,
+        spec=spec,
+        s_spec=HeadSpec(),
+        t_spec=HeadSpec(),
+    )
     assert grad.dtype == z_raw.dtype
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=2e-2, atol=2e-5)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
@@ -72,10 +91,13 @@ def test_kernel_step_equals_generic_step(divergence):
 def test_kernel_only_where_it_is_exact():
     plain, kl = HeadSpec(), ObjectiveSpec(divergence="reverse_kl")
     assert _kernel_applies(HiddenTeacher.views, kl, plain, plain)
-    assert _kernel_applies(HiddenTeacher.views, ObjectiveSpec(divergence="forward_kl"), plain, plain)
+    assert _kernel_applies(
+        HiddenTeacher.views, ObjectiveSpec(divergence="forward_kl"), plain, plain
+    )
     assert not _kernel_applies(HiddenTeacher.views, ObjectiveSpec(divergence="jsd"), plain, plain)
     assert not _kernel_applies(HiddenTeacher.views, ObjectiveSpec(ce_coef=0.5), plain, plain)
-    assert not _kernel_applies(HiddenTeacher.views, ObjectiveSpec(objective="policy_gradient"),
-                               plain, plain)
+    assert not _kernel_applies(
+        HiddenTeacher.views, ObjectiveSpec(objective="policy_gradient"), plain, plain
+    )
     assert not _kernel_applies(TopKTeacher.views, kl, plain, None)
     assert not _kernel_applies(HiddenTeacher.views, kl, plain, HeadSpec(softcap=30.0))

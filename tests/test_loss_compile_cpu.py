@@ -1,6 +1,7 @@
 """On CPU, large chunks run the loss step torch.compile'd (inductor, dynamic row count): it must
 give the eager reference's loss and gradients for every teacher kind and objective, including
 chunks of different row counts within one call."""
+
 import pytest
 import torch
 
@@ -27,14 +28,17 @@ def _hidden(spec, topk=False):
     def fn(hs, ws, g):
         ht, wt = torch.randn(N, H + 4, generator=g), torch.randn(V, H + 4, generator=g) * 0.5
         weights = (torch.rand(N, generator=g) > 0.3).float() / N
-        extras = {"targets": torch.randint(0, V, (N,), generator=g),
-                  "rollout_logprobs": -torch.rand(N, generator=g) * 5}
+        extras = {
+            "targets": torch.randint(0, V, (N,), generator=g),
+            "rollout_logprobs": -torch.rand(N, generator=g) * 5,
+        }
         if topk:
             top = torch.log_softmax(ht @ wt.T, -1).topk(20, -1)
             teacher = TopKTeacher(top.indices, top.values)
         else:
             teacher = HiddenTeacher(ht, OutputHead(wt, HeadSpec(scale=0.7, softcap=5.0)))
         return chunked_loss(hs, ws, teacher, weights, spec, extras, chunk_size=16)
+
     return fn
 
 
@@ -50,9 +54,23 @@ def _xtok(method, divergence):
         s_tgt = torch.randint(0, V, (1, N), generator=g)
         t_tgt = torch.randint(0, V // 2, (1, 29), generator=g)
         weights = torch.full((1, N), 1.0 / N)
-        return cross_tokenizer_loss(method, hs.reshape(1, N, H), ws, HeadSpec(), s_tgt, s_chunk,
-                                    t_h, t_head, t_tgt, t_chunk, weights,
-                                    ObjectiveSpec(divergence=divergence), shared, 16)
+        return cross_tokenizer_loss(
+            method,
+            hs.reshape(1, N, H),
+            ws,
+            HeadSpec(),
+            s_tgt,
+            s_chunk,
+            t_h,
+            t_head,
+            t_tgt,
+            t_chunk,
+            weights,
+            ObjectiveSpec(divergence=divergence),
+            shared,
+            16,
+        )
+
     return fn
 
 

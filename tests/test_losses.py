@@ -1,12 +1,20 @@
 """Every objective of the chunked loss against a plain float64 reference over full logits:
 values and gradients, several shapes, chunk sizes, temperatures."""
+
 import pytest
 import torch
 
 from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec, OutputHead
-from ondistill.losses import (HiddenTeacher, ObjectiveSpec, TopKTeacher, chunked_kd_loss,
-                              chunked_loss, chunked_token_stats, discounted_advantages)
+from ondistill.losses import (
+    HiddenTeacher,
+    ObjectiveSpec,
+    TopKTeacher,
+    chunked_kd_loss,
+    chunked_loss,
+    chunked_token_stats,
+    discounted_advantages,
+)
 
 P = DivergenceParams(beta=0.3, alpha=0.2, mu=0.6)
 
@@ -33,7 +41,7 @@ def reference(name: str, s_logits: torch.Tensor, t_logits: torch.Tensor) -> torc
         return _kl(s, (1 - P.alpha) * t + P.alpha * s)
     if name == "adaptive_kl":
         out = []
-        for srow, trow in zip(s, t):
+        for srow, trow in zip(s, t, strict=True):
             order = torch.argsort(trow, descending=True)
             cum, head = 0.0, torch.zeros_like(trow, dtype=torch.bool)
             for rank, idx in enumerate(order.tolist()):
@@ -60,8 +68,15 @@ def make(n, h, v, seed):
 def ours_and_ref(hs, ws, ht, wt, weights, spec, chunk, ref_per_token, extras=None):
     t_spec = HeadSpec(scale=0.7, softcap=5.0)  # exercise the teacher's scaling and capping
     h32, w32 = hs.clone().requires_grad_(), ws.clone().requires_grad_()
-    ours = chunked_loss(h32, w32, HiddenTeacher(ht, OutputHead(wt, t_spec)), weights.float(),
-                        spec, extras, chunk_size=chunk)
+    ours = chunked_loss(
+        h32,
+        w32,
+        HiddenTeacher(ht, OutputHead(wt, t_spec)),
+        weights.float(),
+        spec,
+        extras,
+        chunk_size=chunk,
+    )
     ours.backward()
     h64, w64 = hs.double().requires_grad_(), ws.double().requires_grad_()
     zs = (h64 @ w64.T) / spec.temperature
@@ -78,13 +93,16 @@ def assert_match(ours, ref):
 
 
 @pytest.mark.parametrize("name", sorted(DIVERGENCES))
-@pytest.mark.parametrize("n,h,v,chunk,temperature", [(7, 16, 50, 3, 1.0), (33, 8, 300, 16, 2.0),
-                                                      (64, 32, 1000, 1000, 0.7)])
+@pytest.mark.parametrize(
+    "n,h,v,chunk,temperature",
+    [(7, 16, 50, 3, 1.0), (33, 8, 300, 16, 2.0), (64, 32, 1000, 1000, 0.7)],
+)
 def test_divergences_match_float64_reference(name, n, h, v, chunk, temperature):
     hs, ws, ht, wt, weights, _ = make(n, h, v, n * v)
     spec = ObjectiveSpec(divergence=name, params=P, temperature=temperature)
-    ours, ref = ours_and_ref(hs, ws, ht, wt, weights, spec, chunk,
-                             lambda zs, zt: reference(name, zs, zt))
+    ours, ref = ours_and_ref(
+        hs, ws, ht, wt, weights, spec, chunk, lambda zs, zt: reference(name, zs, zt)
+    )
     assert_match(ours, ref)
 
 
@@ -108,12 +126,18 @@ def test_policy_gradient_matches_reference(discounted):
     t_spec = HeadSpec(scale=0.7, softcap=5.0)
     spec = ObjectiveSpec(objective="policy_gradient", pg_clip=0.2)
     with torch.no_grad():  # reference reward and (optionally) discounted advantages, float64
-        lp_s0 = torch.log_softmax(hs.double() @ ws.double().T, -1).gather(-1, targets[:, None]).squeeze(-1)
+        lp_s0 = (
+            torch.log_softmax(hs.double() @ ws.double().T, -1)
+            .gather(-1, targets[:, None])
+            .squeeze(-1)
+        )
         lp_t = torch.log_softmax(t_spec.apply(ht.double() @ wt.double().T), -1)
         lp_t = lp_t.gather(-1, targets[:, None]).squeeze(-1)
         adv = lp_t - lp_s0
         if discounted:  # 4 rows of 6 tokens
-            adv = discounted_advantages(adv.view(4, 6), torch.ones(4, 6, dtype=torch.float64), 0.9).view(-1)
+            adv = discounted_advantages(
+                adv.view(4, 6), torch.ones(4, 6, dtype=torch.float64), 0.9
+            ).view(-1)
     extras = {"targets": targets, "rollout_logprobs": rollout_lp}
     if discounted:
         extras["advantages"] = adv.float()
@@ -130,8 +154,10 @@ def test_policy_gradient_matches_reference(discounted):
 def test_discounted_advantages():
     r = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    torch.testing.assert_close(discounted_advantages(r, m, 0.5),
-                               torch.tensor([[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0, 0.0]]))
+    torch.testing.assert_close(
+        discounted_advantages(r, m, 0.5),
+        torch.tensor([[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0, 0.0]]),
+    )
 
 
 def test_jsd_limits_are_the_kls():
@@ -157,8 +183,9 @@ def test_topk_with_full_vocab_equals_full(name):
     spec = ObjectiveSpec(divergence=name)
     full_h, topk_h = hs.clone().requires_grad_(), hs.clone().requires_grad_()
     full = chunked_loss(full_h, ws, HiddenTeacher(ht, head), weights.float(), spec, chunk_size=5)
-    topk = chunked_loss(topk_h, ws, TopKTeacher(top.indices, top.values), weights.float(), spec,
-                        chunk_size=5)
+    topk = chunked_loss(
+        topk_h, ws, TopKTeacher(top.indices, top.values), weights.float(), spec, chunk_size=5
+    )
     full.backward(), topk.backward()
     assert topk.item() == pytest.approx(full.item(), rel=1e-5, abs=1e-6)
     torch.testing.assert_close(topk_h.grad, full_h.grad, rtol=1e-4, atol=1e-6)
@@ -176,9 +203,11 @@ def test_topk_tail_bucket_is_a_proper_divergence():
     # and on 6 buckets (5 + tail) it equals the float64 KL of the bucketed distributions
     with torch.no_grad():
         ls, lt = torch.log_softmax(hs.double() @ ws.double().T, -1), top.values.double()
+
         def buckets(lp, ids=None):
             top_lp = lp.gather(-1, ids) if ids is not None else lp
             return torch.cat([top_lp.exp(), 1 - top_lp.exp().sum(-1, keepdim=True)], -1)
+
         expected = (_kl(buckets(lt), buckets(ls, top.indices)) * weights).sum()
     got = chunked_loss(hs, ws, teacher, weights.float(), ObjectiveSpec(divergence="forward_kl"))
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -187,8 +216,10 @@ def test_topk_tail_bucket_is_a_proper_divergence():
 def test_chunk_size_does_not_change_result():
     hs, ws, ht, wt, weights, _ = make(50, 8, 200, 8)
     head = OutputHead(wt, HeadSpec())
-    values = [chunked_kd_loss(hs, ws, ht, head, weights.float(), "adaptive_kl", 1.0, c).item()
-              for c in (1, 7, 50)]
+    values = [
+        chunked_kd_loss(hs, ws, ht, head, weights.float(), "adaptive_kl", 1.0, c).item()
+        for c in (1, 7, 50)
+    ]
     assert max(values) - min(values) < 1e-6
 
 
@@ -205,5 +236,6 @@ def test_token_stats_match_loss_and_logprobs():
 def test_vocab_mismatch_is_refused():
     head = OutputHead(torch.randn(10, 4), HeadSpec())
     with pytest.raises(ValueError, match="vocabulary"):
-        chunked_kd_loss(torch.randn(3, 4), torch.randn(11, 4), torch.randn(3, 4), head,
-                        torch.ones(3))
+        chunked_kd_loss(
+            torch.randn(3, 4), torch.randn(11, 4), torch.randn(3, 4), head, torch.ones(3)
+        )

@@ -1,5 +1,6 @@
 """An output directory that holds a run is continued only with that run's settings; resume=never
 starts over there without leaving the old checkpoints where resume=auto would find them."""
+
 import dataclasses
 import json
 import re
@@ -30,9 +31,14 @@ def test_other_settings_are_refused_with_the_keys_named(tmp_path):
     out = _saved_run(tmp_path, cfg)
     old = cfg.student.lr
     cfg.student.lr, cfg.trainer.stages[0].share = old / 4, 0.25
-    with pytest.raises(ConfigError, match=re.escape("holds a run made with other settings "
-                                                    f"(student.lr: {old!r} -> {old / 4!r}; "
-                                                    "trainer.stages")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "holds a run made with other settings "
+            f"(student.lr: {old!r} -> {old / 4!r}; "
+            "trainer.stages"
+        ),
+    ):
         outdir.check(out, dataclasses.asdict(cfg), "auto")
     outdir.check(out, dataclasses.asdict(cfg), "never")  # starting over is allowed
 

@@ -1,11 +1,14 @@
 """The answer-quality metrics on hand-made texts, and the collapse rule built on them."""
+
 import pytest
 
 from trainer.quality import CollapseRule, chrf, distinct, repeated_ngram_rate, text_metrics
 
 REPEATED = ["A\nA\nA\nA\nA\nA\nA\nA", "the the the the the the the the"]
-VARIED = ["The moon orbits the Earth about once a month and reflects sunlight.",
-          "Bread is baked from flour, water, yeast and a pinch of salt."]
+VARIED = [
+    "The moon orbits the Earth about once a month and reflects sunlight.",
+    "Bread is baked from flour, water, yeast and a pinch of salt.",
+]
 
 
 def test_repeated_lines_score_as_collapsed():

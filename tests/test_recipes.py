@@ -1,4 +1,5 @@
 """Every recipe composes through Hydra and runs a short smoke run on the tiny models."""
+
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,9 @@ from omegaconf import OmegaConf
 import ondistill.main  # noqa: F401  (registers the schema and the recipes)
 from trainer.run import run
 
-RECIPES = sorted(p.parent.name for p in (Path(__file__).parents[1] / "recipes").glob("*/config.yaml"))
+RECIPES = sorted(
+    p.parent.name for p in (Path(__file__).parents[1] / "recipes").glob("*/config.yaml")
+)
 
 
 def test_all_recipes_found():
@@ -18,19 +21,33 @@ def test_all_recipes_found():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_smoke_run(ray_local, tiny_dirs, tiny_gemma_teacher, prompts_file, tmp_path,
-                          recipe):
+def test_recipe_smoke_run(ray_local, tiny_dirs, tiny_gemma_teacher, prompts_file, tmp_path, recipe):
     teacher, student = tiny_dirs
     if recipe == "cross_tokenizer":  # a teacher with Gemma's own tokenizer, as the recipe's
         teacher = tiny_gemma_teacher
     with initialize(version_base="1.3", config_path=None):
-        dcfg = compose("main", overrides=[
-            f"recipe={recipe}", f"model.teacher={teacher}", f"model.student={student}",
-            "model.student_keep_layers=[]", f"model.cache_dir={tmp_path}",
-            f"data.prompts={prompts_file}", "data.eval_size=4", "rollout.backend=hf",
-            "rollout.max_new_tokens=8", "rollout.threads=1", "teacher.threads=1",
-            "student.threads=1", "trainer.steps=3", "trainer.prompts_per_step=2",
-            "trainer.save_student=false", "log.wandb=disabled", "log.progress=false"])
+        dcfg = compose(
+            "main",
+            overrides=[
+                f"recipe={recipe}",
+                f"model.teacher={teacher}",
+                f"model.student={student}",
+                "model.student_keep_layers=[]",
+                f"model.cache_dir={tmp_path}",
+                f"data.prompts={prompts_file}",
+                "data.eval_size=4",
+                "rollout.backend=hf",
+                "rollout.max_new_tokens=8",
+                "rollout.threads=1",
+                "teacher.threads=1",
+                "student.threads=1",
+                "trainer.steps=3",
+                "trainer.prompts_per_step=2",
+                "trainer.save_student=false",
+                "log.wandb=disabled",
+                "log.progress=false",
+            ],
+        )
     cfg = OmegaConf.to_object(dcfg)
     results = run(cfg, tmp_path / "out")
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

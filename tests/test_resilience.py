@@ -1,5 +1,6 @@
 """Nothing lost: atomic checkpoints, resume after a killed driver or a killed worker gives the
 same losses as an uninterrupted run, and a crash while writing keeps the previous one."""
+
 import json
 import os
 import signal
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_run import tiny_config
 from trainer import checkpoint
 from trainer.run import run
-from tests.test_run import tiny_config
 
 
 def losses(out: Path) -> list[float]:
@@ -22,8 +23,9 @@ def losses(out: Path) -> list[float]:
 
 
 def resumable_config(tiny_dirs, prompts_file, tmp_path, backend="hf"):
-    cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, steps=6, checkpoint_every=2,
-                      on_policy_fraction=0.5)
+    cfg = tiny_config(
+        tiny_dirs, prompts_file, tmp_path, steps=6, checkpoint_every=2, on_policy_fraction=0.5
+    )
     cfg.rollout.backend = backend
     cfg.data.eval_size, cfg.trainer.save_student, cfg.log.plot = 4, False, False
     return cfg
@@ -40,6 +42,7 @@ def references(ray_local, tiny_dirs, prompts_file, tmp_path_factory):
             results = run(resumable_config(tiny_dirs, prompts_file, tmp, backend), tmp / "out")
             done[backend] = losses(tmp / "out"), results
         return done[backend]
+
     return get
 
 
@@ -92,11 +95,12 @@ with open(tmp / "student" / "shard.bin", "wb") as f:
     assert checkpoint.latest(root) == final
 
 
-@pytest.mark.parametrize("victim,backend", [("StudentWorker", "hf"), ("HFTeacher", "hf"),
-                                            ("VLLMRollout", "vllm")])
-def test_worker_killed_mid_run_recovers_with_same_losses(ray_local, references, tiny_dirs,
-                                                          prompts_file, tmp_path, capsys, victim,
-                                                          backend):
+@pytest.mark.parametrize(
+    "victim,backend", [("StudentWorker", "hf"), ("HFTeacher", "hf"), ("VLLMRollout", "vllm")]
+)
+def test_worker_killed_mid_run_recovers_with_same_losses(
+    ray_local, references, tiny_dirs, prompts_file, tmp_path, capsys, victim, backend
+):
     """Any role's actor (the FSDP student rank, the teacher, the vLLM rollout engine) killed
     after step 3: every group is rebuilt from the newest checkpoint and the run ends with the
     uninterrupted run's losses and held-out metrics."""
@@ -108,14 +112,21 @@ def test_worker_killed_mid_run_recovers_with_same_losses(ray_local, references, 
     def kill_after_step_3():
         deadline = time.time() + 300
         while time.time() < deadline:
-            rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+            rows = (
+                (out / "metrics.jsonl").read_text().splitlines()
+                if (out / "metrics.jsonl").exists()
+                else []
+            )
             if sum('"loss"' in r for r in rows) >= 3:
                 break
             time.sleep(0.2)
         # Ray titles each actor process "ray::<Class>.<method>". Only this test's own Ray (its
         # processes descend from this one) is searched: another run's workers are not ours.
-        process = next(p for p in psutil.Process().children(recursive=True)
-                       if (p.cmdline() or [""])[0].startswith(f"ray::{victim}"))
+        process = next(
+            p
+            for p in psutil.Process().children(recursive=True)
+            if (p.cmdline() or [""])[0].startswith(f"ray::{victim}")
+        )
         process.send_signal(signal.SIGKILL)
 
     killer = threading.Thread(target=kill_after_step_3)
@@ -131,20 +142,42 @@ def test_worker_killed_mid_run_recovers_with_same_losses(ray_local, references, 
 def test_driver_killed_then_resumed_gives_same_losses(reference, tiny_dirs, prompts_file, tmp_path):
     cfg = resumable_config(tiny_dirs, prompts_file, tmp_path)
     out = tmp_path / "out"
-    overrides = [f"model.teacher={cfg.model.teacher}", f"model.student={cfg.model.student}",
-                 "model.student_keep_layers=[]", f"model.cache_dir={cfg.model.cache_dir}",
-                 f"data.prompts={cfg.data.prompts}", "data.eval_size=4", "rollout.backend=hf",
-                 "rollout.max_new_tokens=12", "rollout.threads=1", "teacher.threads=1",
-                 "student.threads=1", "student.lr=3e-3", "student.warmup_steps=0",
-                 "trainer.steps=6", "trainer.prompts_per_step=4", "trainer.checkpoint_every=2",
-                 "trainer.on_policy_fraction=0.5", "trainer.stages=[]",
-                 "trainer.save_student=false",
-                 f"trainer.output_dir={out}", "log.wandb=disabled", "log.progress=false",
-                 "log.plot=false", "ray.num_cpus=8"]
+    overrides = [
+        f"model.teacher={cfg.model.teacher}",
+        f"model.student={cfg.model.student}",
+        "model.student_keep_layers=[]",
+        f"model.cache_dir={cfg.model.cache_dir}",
+        f"data.prompts={cfg.data.prompts}",
+        "data.eval_size=4",
+        "rollout.backend=hf",
+        "rollout.max_new_tokens=12",
+        "rollout.threads=1",
+        "teacher.threads=1",
+        "student.threads=1",
+        "student.lr=3e-3",
+        "student.warmup_steps=0",
+        "trainer.steps=6",
+        "trainer.prompts_per_step=4",
+        "trainer.checkpoint_every=2",
+        "trainer.on_policy_fraction=0.5",
+        "trainer.stages=[]",
+        "trainer.save_student=false",
+        f"trainer.output_dir={out}",
+        "log.wandb=disabled",
+        "log.progress=false",
+        "log.plot=false",
+        "ray.num_cpus=8",
+    ]
     cmd = [sys.executable, "-m", "ondistill.main", *overrides]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and checkpoint.latest(out / "checkpoints") is None:
         time.sleep(0.2)

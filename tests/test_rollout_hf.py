@@ -1,4 +1,5 @@
 """The HF rollout engine: grouping, seeding, masks, logprobs."""
+
 import torch
 
 from ondistill import batch as B
@@ -9,8 +10,11 @@ from workers.rollout.hf import HFRollout, response_mask
 
 def test_response_mask_stops_after_first_eos():
     ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
-    assert response_mask(ids, {2}).tolist() == [[True, True, False, False], [True] * 4,
-                                                [True, False, False, False]]
+    assert response_mask(ids, {2}).tolist() == [
+        [True, True, False, False],
+        [True] * 4,
+        [True, False, False, False],
+    ]
 
 
 def test_samples_grouped_seeded_and_logprobs_exact(tiny_dirs):

@@ -1,4 +1,5 @@
 """The real vLLM (CPU) rollout engine behind the rollout interface."""
+
 import torch
 
 from ondistill import batch as B
@@ -9,8 +10,10 @@ from workers.rollout.vllm import VLLMRollout
 
 def test_vllm_sampling_grouped_seeded_and_logprobs_match_forward(tiny_dirs):
     _, student_dir = tiny_dirs
-    engine = VLLMRollout(str(student_dir), RolloutConfig(n_samples=3, max_new_tokens=10,
-                                                        threads=1, stop_token_ids=[17]))
+    engine = VLLMRollout(
+        str(student_dir),
+        RolloutConfig(n_samples=3, max_new_tokens=10, threads=1, stop_token_ids=[17]),
+    )
     prompts = collate_prompts([Example([1, 10, 11, 12], None), Example([1, 20], None)], 2)
     a, b = engine.generate(prompts, seed=5), engine.generate(prompts, seed=5)
     c = engine.generate(prompts, seed=6)
@@ -20,7 +23,7 @@ def test_vllm_sampling_grouped_seeded_and_logprobs_match_forward(tiny_dirs):
     assert not torch.equal(a[B.RESPONSE_IDS], c[B.RESPONSE_IDS])
     assert len({tuple(r.tolist()) for r in a[B.RESPONSE_IDS][:3]}) > 1  # n samples differ
     # no token after a stop token
-    for ids, m in zip(a[B.RESPONSE_IDS], a[B.RESPONSE_MASK]):
+    for ids, m in zip(a[B.RESPONSE_IDS], a[B.RESPONSE_MASK], strict=True):
         real = ids[m].tolist()
         assert all(t not in (17, 2) for t in real[:-1])
 
@@ -47,8 +50,11 @@ def test_compiled_decode_samples_what_eager_does(ray_local, tiny_dirs):
 
     out, graphs = {}, {}
     for compiled in (False, True):
-        engine = RolloutGroup("vllm", str(student_dir), RolloutConfig(
-            n_samples=2, max_new_tokens=10, threads=1, compile=compiled))
+        engine = RolloutGroup(
+            "vllm",
+            str(student_dir),
+            RolloutConfig(n_samples=2, max_new_tokens=10, threads=1, compile=compiled),
+        )
         out[compiled] = engine.generate(prompts, seed=3)
         graphs[compiled] = dynamo_graphs(engine.actor)  # in-process engine: the actor's own
         engine.kill()
@@ -57,5 +63,6 @@ def test_compiled_decode_samples_what_eager_does(ray_local, tiny_dirs):
     assert torch.equal(out[True][B.RESPONSE_IDS], out[False][B.RESPONSE_IDS])
     m = out[False][B.RESPONSE_MASK]
     assert m.sum() > 4
-    torch.testing.assert_close(out[True][B.ROLLOUT_LOGPROBS][m], out[False][B.ROLLOUT_LOGPROBS][m],
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        out[True][B.ROLLOUT_LOGPROBS][m], out[False][B.ROLLOUT_LOGPROBS][m], rtol=1e-5, atol=1e-4
+    )

@@ -1,4 +1,5 @@
 """Whole runs through the controller on tiny models: on-policy, off-policy and GKD mixing."""
+
 import json
 
 import pytest
@@ -41,8 +42,11 @@ def test_tiny_run_lowers_divergence(ray_local, tiny_dirs, prompts_file, tmp_path
     assert len(train) == cfg.trainer.steps
     assert all(r["time/generate"] >= 0 and r["time/train"] > 0 for r in train)
     on_policy = [r["on_policy"] for r in train]
-    assert on_policy == [1.0] * 8 if fraction == 1 else (on_policy == [0.0] * 8 if fraction == 0
-                                                         else 0 < sum(on_policy) < 8)
+    assert (
+        on_policy == [1.0] * 8
+        if fraction == 1
+        else (on_policy == [0.0] * 8 if fraction == 0 else 0 < sum(on_policy) < 8)
+    )
     losses = [r["loss"] for r in train]
     assert sum(losses[-2:]) < sum(losses[:2]), losses
     metric = "eval/rkl_student_samples" if fraction else "eval/fkl_teacher_samples"
@@ -54,12 +58,14 @@ def test_tiny_run_lowers_divergence(ray_local, tiny_dirs, prompts_file, tmp_path
     saved = AutoModelForCausalLM.from_pretrained(out / "student")
     assert saved.config.num_hidden_layers == 2
     original = AutoModelForCausalLM.from_pretrained(tiny_dirs[1])
-    assert not torch.equal(saved.model.layers[0].mlp.up_proj.weight,
-                           original.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(
+        saved.model.layers[0].mlp.up_proj.weight, original.model.layers[0].mlp.up_proj.weight
+    )
 
 
-def test_overlapped_run_trains_on_one_update_stale_samples(ray_local, tiny_dirs, prompts_file,
-                                                          tmp_path):
+def test_overlapped_run_trains_on_one_update_stale_samples(
+    ray_local, tiny_dirs, prompts_file, tmp_path
+):
     """trainer.overlap: the next batch is generated while this one trains. On-policy batches
     after the first come from the weights one update back; checkpoints record the data
     position before the batch in flight, so a resume draws that batch again."""
@@ -68,8 +74,15 @@ def test_overlapped_run_trains_on_one_update_stale_samples(ray_local, tiny_dirs,
     from trainer.controller import _jsonable
     from trainer.run import prepare
 
-    cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, on_policy_fraction=0.5, overlap=True,
-                      steps=6, checkpoint_every=2)
+    cfg = tiny_config(
+        tiny_dirs,
+        prompts_file,
+        tmp_path,
+        on_policy_fraction=0.5,
+        overlap=True,
+        steps=6,
+        checkpoint_every=2,
+    )
     cfg.rollout.backend = "vllm"
     out = tmp_path / "out"
     results = run(cfg, out)
@@ -79,7 +92,9 @@ def test_overlapped_run_trains_on_one_update_stale_samples(ray_local, tiny_dirs,
     assert len(train) == 6 and 0 < sum(r["on_policy"] for r in train) < 6
     expected = [float(r["on_policy"] and i > 0) for i, r in enumerate(train)]
     assert [r["rollout_lag"] for r in train] == expected, train
-    assert results["after"]["eval/rkl_student_samples"] < results["before"]["eval/rkl_student_samples"]
+    assert (
+        results["after"]["eval/rkl_student_samples"] < results["before"]["eval/rkl_student_samples"]
+    )
 
     state = json.loads((out / "checkpoints" / "step_000004" / "controller.json").read_text())
     _, _, prompts = prepare(cfg)
@@ -95,15 +110,19 @@ def test_overlapped_run_trains_on_one_update_stale_samples(ray_local, tiny_dirs,
     # first of them is sampled by the checkpoint's own weights.
     cfg.trainer.resume = str(out / "checkpoints" / "step_000004")
     run(cfg, tmp_path / "resumed")
-    again = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    again = [
+        json.loads(line)
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
     again = [r for r in again if "loss" in r]
     assert [r["on_policy"] for r in again] == [r["on_policy"] for r in train]
     assert again[4]["rollout_lag"] == 0.0
     assert again[5]["rollout_lag"] == again[5]["on_policy"]
 
 
-def test_two_stage_run_writes_samples_and_quality_summary(ray_local, tiny_dirs, prompts_file,
-                                                         tmp_path, capsys):
+def test_two_stage_run_writes_samples_and_quality_summary(
+    ray_local, tiny_dirs, prompts_file, tmp_path, capsys
+):
     """The default schedule's shape (off-policy warm start, then on-policy) on tiny models: the
     stages follow their shares, every held-out answer lands in samples.jsonl, and the summary
     holds the answer metrics beside the teacher's own values."""
@@ -115,17 +134,26 @@ def test_two_stage_run_writes_samples_and_quality_summary(ray_local, tiny_dirs, 
     out = tmp_path / "out"
     results = run(cfg, out)
 
-    train = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-             if "loss" in r]
+    train = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ]
     assert [r["stage"] for r in train] == [0, 0, 1, 1, 1]
     assert [r["on_policy"] for r in train] == [0, 0, 1, 1, 1]
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in samples] == ["before"] * 4 + ["after"] * 4
-    assert all(len(r["student_samples"]) == len(r["teacher_samples"]) == cfg.rollout.n_samples
-               and isinstance(r["student_greedy"], str) and r["prompt"].startswith("Say ")
-               for r in samples)
-    for key in ("greedy_distinct_2", "sample_repeated_3gram_rate", "greedy_chrf",
-                "sample_eos_share", "student_nll_teacher_samples"):
+    assert all(
+        len(r["student_samples"]) == len(r["teacher_samples"]) == cfg.rollout.n_samples
+        and isinstance(r["student_greedy"], str)
+        and r["prompt"].startswith("Say ")
+        for r in samples
+    )
+    for key in (
+        "greedy_distinct_2",
+        "sample_repeated_3gram_rate",
+        "greedy_chrf",
+        "sample_eos_share",
+        "student_nll_teacher_samples",
+    ):
         assert f"eval/{key}" in results["after"]
     assert 0 <= results["after"]["eval/greedy_chrf"] <= 100
     assert results["teacher"]["eval/greedy_distinct_2"] > 0

@@ -1,13 +1,12 @@
 """FSDP2 student over gloo in real Ray actors: 2 ranks match 1 rank; weight push reaches the
 rollout engine exactly."""
-import ray
+
 import pytest
 import torch
-from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import LossConfig, RolloutConfig, StudentConfig, TeacherConfig
-from ondistill.data import collate_prompts, Example
+from ondistill.data import Example, collate_prompts
 from tests.conftest import dynamo_graphs
 from workers.group import RolloutGroup, StudentGroup, TeacherGroup
 
@@ -29,27 +28,35 @@ def test_two_ranks_match_one_rank(ray_local, tiny_dirs):
     batches = scored_batches(teacher_dir, student_dir)
     losses, logprobs = {}, {}
     for ws in (1, 2):
-        cfg = StudentConfig(world_size=ws, lr=1e-3, warmup_steps=0, micro_batch_size=1,
-                            threads=1)
+        cfg = StudentConfig(world_size=ws, lr=1e-3, warmup_steps=0, micro_batch_size=1, threads=1)
         group = StudentGroup(cfg, LossConfig(chunk_size=7), str(student_dir), str(teacher_dir), 3)
         losses[ws] = [group.train_step(b)["loss"] for b in batches]
         logprobs[ws] = group.token_stats(batches[0])["student_logprob"]
         group.kill()
     assert losses[1][0] > 0
     assert losses[1][-1] < losses[1][0]  # it learns
-    torch.testing.assert_close(torch.tensor(losses[2]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(losses[2]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-5
+    )
     torch.testing.assert_close(logprobs[2], logprobs[1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend,world_size", [("hf", 1), ("vllm", 1), ("vllm", 2)])
-def test_weight_push_makes_rollout_logprobs_equal_student(ray_local, tiny_dirs, backend,
-                                                          world_size):
+def test_weight_push_makes_rollout_logprobs_equal_student(
+    ray_local, tiny_dirs, backend, world_size
+):
     teacher_dir, student_dir = tiny_dirs
     batch = scored_batches(teacher_dir, student_dir, 1)[0]
-    rollout = RolloutGroup(backend, str(student_dir),
-                           RolloutConfig(n_samples=2, max_new_tokens=12, threads=1))
-    student = StudentGroup(StudentConfig(world_size=world_size, lr=1e-2, warmup_steps=0, threads=1),
-                           LossConfig(), str(student_dir), str(teacher_dir), 2)
+    rollout = RolloutGroup(
+        backend, str(student_dir), RolloutConfig(n_samples=2, max_new_tokens=12, threads=1)
+    )
+    student = StudentGroup(
+        StudentConfig(world_size=world_size, lr=1e-2, warmup_steps=0, threads=1),
+        LossConfig(),
+        str(student_dir),
+        str(teacher_dir),
+        2,
+    )
     prompts = collate_prompts([Example([1, 300, 301, 2], None), Example([1, 400, 2], None)], 2)
     before = rollout.generate(prompts, seed=7)
     student.train_step(batch)  # weights move away from the rollout engine's copy
@@ -83,8 +90,9 @@ def test_compiled_blocks_match_eager(ray_local, tiny_dirs):
         group.kill(), teacher.kill()
     assert graphs[False] == [0, 0] and min(graphs[True]) > 0, graphs  # compiled where asked
     assert losses[False][1] != losses[False][0]  # the second step saw updated weights
-    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-5
+    )
     torch.testing.assert_close(hidden[True], hidden[False], rtol=1e-4, atol=1e-4)
 
 
@@ -93,8 +101,13 @@ def test_train_step_uses_the_stage_divergence(ray_local, tiny_dirs):
     that divergence over the batch's tokens, measured on the weights before the update."""
     teacher_dir, student_dir = tiny_dirs
     batch = scored_batches(teacher_dir, student_dir, 1)[0]
-    group = StudentGroup(StudentConfig(lr=1e-3, warmup_steps=0, threads=1),
-                         LossConfig(divergence="reverse_kl"), str(student_dir), str(teacher_dir), 2)
+    group = StudentGroup(
+        StudentConfig(lr=1e-3, warmup_steps=0, threads=1),
+        LossConfig(divergence="reverse_kl"),
+        str(student_dir),
+        str(teacher_dir),
+        2,
+    )
     stats = group.token_stats(batch, ("jsd", "reverse_kl"))  # jsd at the default beta 0.5
     jsd, rkl = float(stats["jsd"].mean()), float(stats["reverse_kl"].mean())
     assert jsd < 0.8 * rkl  # the two differ enough to tell apart (JSD is bounded by ln 2)
@@ -108,8 +121,9 @@ def test_greedy_generation_is_the_argmax_path(ray_local, tiny_dirs, backend):
     from transformers import AutoModelForCausalLM
 
     _, student_dir = tiny_dirs
-    rollout = RolloutGroup(backend, str(student_dir),
-                           RolloutConfig(n_samples=3, max_new_tokens=6, threads=1))
+    rollout = RolloutGroup(
+        backend, str(student_dir), RolloutConfig(n_samples=3, max_new_tokens=6, threads=1)
+    )
     prompts = collate_prompts([Example([1, 300, 301, 2], None), Example([1, 400, 2], None)], 2)
     out = rollout.generate(prompts, seed=1, greedy=True)
     rollout.kill()

@@ -1,5 +1,6 @@
 """The real SGLang (CPU) teacher engine: hidden states, KD loss and weight updates equal the
 HF teacher's; a whole run through the controller with teacher.backend=sglang."""
+
 import json
 
 import pytest
@@ -47,8 +48,10 @@ HIDDEN_TOL = {"rtol": 1e-4, "atol": 1e-4}
 def mixed_batch():
     """Prompts of 3..9 tokens (left-padded), responses of 1..12 tokens (right-padded)."""
     g = torch.Generator().manual_seed(0)
-    prompts = [Example([1] + torch.randint(3, 49000, (n,), generator=g).tolist(), None)
-               for n in (2, 8, 5, 4)]
+    prompts = [
+        Example([1] + torch.randint(3, 49000, (n,), generator=g).tolist(), None)
+        for n in (2, 8, 5, 4)
+    ]
     td = collate_prompts(prompts, 2)
     responses = [torch.randint(3, 49000, (n,), generator=g).tolist() for n in (12, 1, 7, 3)]
     td = collate_responses(td, responses, 2, 16)
@@ -68,8 +71,6 @@ def test_hidden_states_equal_hf(engines):
 
 
 def test_recomputed_logits_give_the_same_kd_loss(engines, smollm2_dir):
-    from transformers import AutoModelForCausalLM
-
     sgl, hf = engines
     a, b = sgl.score(mixed_batch()), hf.score(mixed_batch())
     head = load_output_head(smollm2_dir)
@@ -92,8 +93,11 @@ def test_weight_update_changes_outputs_to_the_new_weights(engines, smollm2_dir):
     before = sgl.score(mixed_batch())[B.TEACHER_HIDDEN]
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
     torch.manual_seed(1)
-    new = {k: v + 0.02 * torch.randn_like(v) for k, v in model.state_dict().items()
-           if "layers.3." in k or "norm.weight" == k.split("model.")[-1]}
+    new = {
+        k: v + 0.02 * torch.randn_like(v)
+        for k, v in model.state_dict().items()
+        if "layers.3." in k or "norm.weight" == k.split("model.")[-1]
+    }
     sgl.update_weights(list(new.items()))
     model.load_state_dict(new, strict=False)
     ref = HFTeacher.__new__(HFTeacher)  # the HF teacher, on the new weights
@@ -102,8 +106,9 @@ def test_weight_update_changes_outputs_to_the_new_weights(engines, smollm2_dir):
     after, expected = sgl.score(mixed_batch()), ref.score(mixed_batch())
     m = after[B.RESPONSE_MASK]
     assert (after[B.TEACHER_HIDDEN][m] - before[m]).abs().max() > 1e-2
-    torch.testing.assert_close(after[B.TEACHER_HIDDEN][m], expected[B.TEACHER_HIDDEN][m],
-                               **HIDDEN_TOL)
+    torch.testing.assert_close(
+        after[B.TEACHER_HIDDEN][m], expected[B.TEACHER_HIDDEN][m], **HIDDEN_TOL
+    )
 
 
 def test_run_with_sglang_teacher(ray_local, tiny_dirs, prompts_file, tmp_path):
@@ -115,4 +120,6 @@ def test_run_with_sglang_teacher(ray_local, tiny_dirs, prompts_file, tmp_path):
     results = run(cfg, tmp_path / "out")
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert sum("loss" in r for r in rows) == 3
-    assert results["after"]["eval/rkl_student_samples"] < results["before"]["eval/rkl_student_samples"]
+    assert (
+        results["after"]["eval/rkl_student_samples"] < results["before"]["eval/rkl_student_samples"]
+    )

@@ -1,5 +1,6 @@
 """Alignment and shared vocabulary on real tokenizers: SmolLM2 (byte-level BPE, 49k) against
 Gemma-3 (SentencePiece with byte fallback, 262k) and against GPT-2 (byte-level BPE, 50k)."""
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -9,27 +10,45 @@ from ondistill.xtok.vocab import end_of_turn_id, scheme, shared_vocab, token_byt
 
 @pytest.fixture(scope="module")
 def tables(smollm2_dir, gemma_dir, gpt2_tokenizer):
-    toks = {"smol": AutoTokenizer.from_pretrained(smollm2_dir),
-            "gemma": AutoTokenizer.from_pretrained(gemma_dir), "gpt2": gpt2_tokenizer}
+    toks = {
+        "smol": AutoTokenizer.from_pretrained(smollm2_dir),
+        "gemma": AutoTokenizer.from_pretrained(gemma_dir),
+        "gpt2": gpt2_tokenizer,
+    }
     return {k: (t, token_bytes(t)) for k, t in toks.items()}
 
 
 def _chunks(tables, a, b, text, ends=False):
     (ta, ba), (tb, bb) = tables[a], tables[b]
-    ia, ib = ta(text, add_special_tokens=False).input_ids, tb(text, add_special_tokens=False).input_ids
+    ia, ib = (
+        ta(text, add_special_tokens=False).input_ids,
+        tb(text, add_special_tokens=False).input_ids,
+    )
     if ends:
         ia, ib = ia + [end_of_turn_id(ta)], ib + [end_of_turn_id(tb)]
     al = align(ia, ib, ba, bb, ends, ends)
-    show = lambda ids, table, ch: [(table[i].decode("utf-8", "replace"), c)  # noqa: E731
-                                   for i, c in zip(ids, ch)]
+
+    def show(ids, table, ch):
+        return [(table[i].decode("utf-8", "replace"), c) for i, c in zip(ids, ch, strict=True)]
+
     return show(ia, ba, al.student_chunk), show(ib, bb, al.teacher_chunk), al.num_chunks
 
 
 def test_schemes_and_byte_round_trip(tables):
-    assert [scheme(tables[k][0]) for k in ("smol", "gemma", "gpt2")] == \
-        ["byte_level", "sentencepiece", "byte_level"]
-    for text in ["Hello world", " two  spaces\n\nnew", "héllo 日本語 ✓", "12345.678",
-                 "emoji 🦙!", "tab\there", "<b>bold</b> &amp; 'quotes'"]:
+    assert [scheme(tables[k][0]) for k in ("smol", "gemma", "gpt2")] == [
+        "byte_level",
+        "sentencepiece",
+        "byte_level",
+    ]
+    for text in [
+        "Hello world",
+        " two  spaces\n\nnew",
+        "héllo 日本語 ✓",
+        "12345.678",
+        "emoji 🦙!",
+        "tab\there",
+        "<b>bold</b> &amp; 'quotes'",
+    ]:
         for tok, table in tables.values():
             ids = tok(text, add_special_tokens=False).input_ids
             assert b"".join(table[i] for i in ids) == text.encode(), (type(tok).__name__, text)
@@ -58,11 +77,48 @@ def test_unicode_and_byte_fallback_smollm2_vs_gemma(tables):
 def test_numbers_smollm2_vs_gpt2(tables):
     # SmolLM2 writes digits one per token; GPT-2 merges them: 1:n chunks.
     s, t, n = _chunks(tables, "smol", "gpt2", "3.14159 + 2024 = 2027.14159")
-    assert [x for x, _ in t] == ["3", ".", "14", "159", " +", " 2024", " =", " 20", "27", ".",
-                                 "14", "159"]
+    assert [x for x, _ in t] == [
+        "3",
+        ".",
+        "14",
+        "159",
+        " +",
+        " 2024",
+        " =",
+        " 20",
+        "27",
+        ".",
+        "14",
+        "159",
+    ]
     assert [c for _, c in t] == list(range(12)) and n == 12
-    assert [c for _, c in s] == [0, 1, 2, 2, 3, 3, 3, 4, 5, 5, 5, 5, 5, 6, 7, 7, 7, 8, 8, 9,
-                                 10, 10, 11, 11, 11]
+    assert [c for _, c in s] == [
+        0,
+        1,
+        2,
+        2,
+        3,
+        3,
+        3,
+        4,
+        5,
+        5,
+        5,
+        5,
+        5,
+        6,
+        7,
+        7,
+        7,
+        8,
+        8,
+        9,
+        10,
+        10,
+        11,
+        11,
+        11,
+    ]
 
 
 def test_unicode_and_whitespace_smollm2_vs_gpt2(tables):
@@ -82,16 +138,18 @@ def test_texts_that_differ_align_only_their_common_prefix(tables):
 
 
 def test_shared_vocabulary_counts(tables):
-    (ts, bs), (tg, bg), (t2, b2) = tables["smol"], tables["gemma"], tables["gpt2"]
+    (ts, bs), (tg, bg), (_, b2) = tables["smol"], tables["gemma"], tables["gpt2"]
     sg = shared_vocab(bs, bg, (end_of_turn_id(ts), end_of_turn_id(tg)))
     # 49,135 SmolLM2 text tokens (17 special) against 255,785 distinct Gemma byte strings:
     # 46,145 shared, plus the end-of-turn pair <|im_end|> <-> <end_of_turn>.
-    assert len(sg) == 46_146 and (2, 106) in zip(sg.student_ids.tolist(), sg.teacher_ids.tolist())
+    assert len(sg) == 46_146 and (2, 106) in zip(
+        sg.student_ids.tolist(), sg.teacher_ids.tolist(), strict=True
+    )
     assert len(shared_vocab(bs, b2)) == 36_960
     # the same counts derived independently: the byte strings both tables hold (as sets)
     assert len(sg) == len({b for b in bs if b} & {b for b in bg if b}) + 1  # + end-of-turn pair
     assert len(shared_vocab(bs, b2)) == len({b for b in bs if b} & {b for b in b2 if b})
-    pairs = dict(zip(sg.student_ids.tolist(), sg.teacher_ids.tolist()))
+    pairs = dict(zip(sg.student_ids.tolist(), sg.teacher_ids.tolist(), strict=True))
     # SmolLM2 has 235 single-byte tokens (no bytes that never occur in UTF-8, e.g. 0xC0); all
     # are shared through Gemma's byte fallback, e.g. SmolLM2 'Ã' (0xC3) <-> <0xC3>
     singles = [i for i, b in enumerate(bs) if len(b) == 1]
@@ -113,14 +171,21 @@ def metaspace_tokenizer():
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tk.train_from_iterator(METASPACE_TEXTS * 20, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "</s>"], show_progress=False))
+    tk.train_from_iterator(
+        METASPACE_TEXTS * 20,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"], show_progress=False),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="</s>")
 
 
-METASPACE_TEXTS = ["Hello world, this is a test.", "def add(a, b):\n    return a + b",
-                   "The year 2024 had 366 days.", "Line one\r\nLine two", "  leading spaces",
-                   "Tea is a drink made from leaves."]
+METASPACE_TEXTS = [
+    "Hello world, this is a test.",
+    "def add(a, b):\n    return a + b",
+    "The year 2024 had 366 days.",
+    "Line one\r\nLine two",
+    "  leading spaces",
+    "Tea is a drink made from leaves.",
+]
 
 
 def test_teacher_that_prepends_a_space_still_aligns(tables, metaspace_tokenizer):

@@ -1,4 +1,5 @@
 """Each cross-tokenizer objective against a plain float64 reference (loss and gradients)."""
+
 import pytest
 import torch
 
@@ -43,8 +44,8 @@ def _pairs():
     """(row, student position, teacher position, weight index) of each chunk start."""
     pairs = []
     for b in range(2):
-        s_rows, t_rows = _starts(S_CHUNK[b:b + 1]), _starts(T_CHUNK[b:b + 1])
-        pairs += [(b, i, j) for i, j in zip(s_rows, t_rows)]
+        s_rows, t_rows = _starts(S_CHUNK[b : b + 1]), _starts(T_CHUNK[b : b + 1])
+        pairs += [(b, i, j) for i, j in zip(s_rows, t_rows, strict=True)]
     return pairs
 
 
@@ -66,39 +67,72 @@ def reference(method, div, s_h, s_w, t_h, t_w, s_tgt, t_tgt, weights, scale=1.0)
             p_t = torch.softmax(scale * (t_h[b, j] @ t_w.T), -1)
             if method == "exact":
                 q_s, q_t = p_s[SHARED.student_ids], p_t[SHARED.teacher_ids]
-                q_s, q_t = torch.cat([q_s, 1 - q_s.sum(0, keepdim=True)]), \
-                    torch.cat([q_t, 1 - q_t.sum(0, keepdim=True)])
+                q_s, q_t = (
+                    torch.cat([q_s, 1 - q_s.sum(0, keepdim=True)]),
+                    torch.cat([q_t, 1 - q_t.sum(0, keepdim=True)]),
+                )
                 total = total + weights[b, i] * _div(div, q_s, q_t)
             else:
                 n = max(V_S, V_T)
-                pad = lambda p: torch.cat([p, p.new_zeros(n - p.numel())]).sort(descending=True).values  # noqa: E731
+
+                def pad(p: torch.Tensor, n: int = n) -> torch.Tensor:
+                    return torch.cat([p, p.new_zeros(n - p.numel())]).sort(descending=True).values
+
                 total = total + weights[b, i] * (pad(p_s) - pad(p_t)).abs().sum()
         return total
     for b in range(2):  # span: chunk log-probs, then the divergence of (p, 1 - p)
         for k in sorted(set(S_CHUNK[b].tolist()) - {-1}):
-            ls = sum(torch.log_softmax(s_h[b, i] @ s_w.T, -1)[s_tgt[b, i]]
-                     for i in range(5) if S_CHUNK[b, i] == k)
-            lt = sum(torch.log_softmax(scale * (t_h[b, j] @ t_w.T), -1)[t_tgt[b, j]]
-                     for j in range(4) if T_CHUNK[b, j] == k)
+            ls = sum(
+                torch.log_softmax(s_h[b, i] @ s_w.T, -1)[s_tgt[b, i]]
+                for i in range(5)
+                if S_CHUNK[b, i] == k
+            )
+            lt = sum(
+                torch.log_softmax(scale * (t_h[b, j] @ t_w.T), -1)[t_tgt[b, j]]
+                for j in range(4)
+                if T_CHUNK[b, j] == k
+            )
             q_s = torch.stack([ls.exp(), 1 - ls.exp()])
             q_t = torch.stack([lt.exp(), 1 - lt.exp()])
-            first = _starts(S_CHUNK[b:b + 1])[k]
+            first = _starts(S_CHUNK[b : b + 1])[k]
             total = total + weights[b, first] * _div(div, q_s, q_t)
     return total
 
 
-@pytest.mark.parametrize("method,div", [("exact", "reverse_kl"), ("exact", "forward_kl"),
-                                        ("exact", "jsd"), ("uld", "reverse_kl"),
-                                        ("span", "reverse_kl"), ("span", "forward_kl")])
+@pytest.mark.parametrize(
+    "method,div",
+    [
+        ("exact", "reverse_kl"),
+        ("exact", "forward_kl"),
+        ("exact", "jsd"),
+        ("uld", "reverse_kl"),
+        ("span", "reverse_kl"),
+        ("span", "forward_kl"),
+    ],
+)
 @pytest.mark.parametrize("chunk_size", [1, 64])
 def test_objective_matches_reference(method, div, chunk_size):
     s_h, s_w, t_h, t_w, s_tgt, t_tgt, weights = _inputs()
     s_h.requires_grad_(), s_w.requires_grad_()
     head = OutputHead(t_w, HeadSpec(scale=0.7))
     stats = {}
-    loss = cross_tokenizer_loss(method, s_h, s_w, HeadSpec(), s_tgt, S_CHUNK, t_h, head, t_tgt,
-                                T_CHUNK, weights, ObjectiveSpec(divergence=div), SHARED,
-                                chunk_size, stats)
+    loss = cross_tokenizer_loss(
+        method,
+        s_h,
+        s_w,
+        HeadSpec(),
+        s_tgt,
+        S_CHUNK,
+        t_h,
+        head,
+        t_tgt,
+        T_CHUNK,
+        weights,
+        ObjectiveSpec(divergence=div),
+        SHARED,
+        chunk_size,
+        stats,
+    )
     g_h, g_w = torch.autograd.grad(loss, (s_h, s_w))
     ref = reference(method, div, s_h, s_w, t_h, t_w, s_tgt, t_tgt, weights, scale=0.7)
     r_h, r_w = torch.autograd.grad(ref, (s_h, s_w))
@@ -112,18 +146,42 @@ def test_ce_term_and_sft():
     s_h, s_w, t_h, t_w, s_tgt, t_tgt, weights = _inputs(1)
     s_h.requires_grad_()
     head = OutputHead(t_w, HeadSpec())
-    for method, spec in [("exact", ObjectiveSpec(objective="sft", ce_coef=1.0)),
-                         ("uld", ObjectiveSpec(ce_coef=0.5))]:
-        ce_ref = -(torch.log_softmax(s_h @ s_w.T, -1).gather(-1, s_tgt[..., None])[..., 0]
-                   * weights).sum()
-        loss = cross_tokenizer_loss(method, s_h, s_w, HeadSpec(), s_tgt, S_CHUNK, t_h, head,
-                                    t_tgt, T_CHUNK, weights, spec, SHARED, 3)
-        base = 0 if spec.objective == "sft" else reference(method, "reverse_kl", s_h, s_w, t_h,
-                                                           t_w, s_tgt, t_tgt, weights)
+    for method, spec in [
+        ("exact", ObjectiveSpec(objective="sft", ce_coef=1.0)),
+        ("uld", ObjectiveSpec(ce_coef=0.5)),
+    ]:
+        ce_ref = -(
+            torch.log_softmax(s_h @ s_w.T, -1).gather(-1, s_tgt[..., None])[..., 0] * weights
+        ).sum()
+        loss = cross_tokenizer_loss(
+            method,
+            s_h,
+            s_w,
+            HeadSpec(),
+            s_tgt,
+            S_CHUNK,
+            t_h,
+            head,
+            t_tgt,
+            T_CHUNK,
+            weights,
+            spec,
+            SHARED,
+            3,
+        )
+        base = (
+            0
+            if spec.objective == "sft"
+            else reference(method, "reverse_kl", s_h, s_w, t_h, t_w, s_tgt, t_tgt, weights)
+        )
         ref = base + spec.ce_coef * ce_ref
         assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
-        torch.testing.assert_close(torch.autograd.grad(loss, s_h)[0],
-                                   torch.autograd.grad(ref, s_h)[0], rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(
+            torch.autograd.grad(loss, s_h)[0],
+            torch.autograd.grad(ref, s_h)[0],
+            rtol=1e-5,
+            atol=1e-8,
+        )
 
 
 def test_binary_logprobs_are_finite_and_normalised():
@@ -136,8 +194,9 @@ def test_binary_logprobs_are_finite_and_normalised():
     # the complement is log(1 - p), here by plain float64 arithmetic where it is accurate
     plain = torch.log(1 - logp[2:].exp())
     torch.testing.assert_close(lp[2:, 1], plain, rtol=1e-12, atol=1e-15)
-    assert lp[0, 1] == pytest.approx(torch.log(torch.tensor(1e-6, dtype=torch.float64)).item(),
-                                     rel=1e-5)
+    assert lp[0, 1] == pytest.approx(
+        torch.log(torch.tensor(1e-6, dtype=torch.float64)).item(), rel=1e-5
+    )
 
 
 def test_aligned_stats_match_the_losses():
@@ -145,12 +204,19 @@ def test_aligned_stats_match_the_losses():
     head = OutputHead(t_w, HeadSpec())
     st = aligned_stats(s_h, s_w, HeadSpec(), s_tgt, S_CHUNK, t_h, head, t_tgt, T_CHUNK, SHARED, 2)
     ones = torch.ones_like(weights)
-    for key, method, div in [("exact_reverse_kl", "exact", "reverse_kl"),
-                             ("exact_forward_kl", "exact", "forward_kl"), ("uld", "uld", "")]:
+    for key, method, div in [
+        ("exact_reverse_kl", "exact", "reverse_kl"),
+        ("exact_forward_kl", "exact", "forward_kl"),
+        ("uld", "uld", ""),
+    ]:
         assert float(st[key].sum()) == pytest.approx(
-            float(reference(method, div, s_h, s_w, t_h, t_w, s_tgt, t_tgt, ones)), rel=1e-6)
-    span = DIVERGENCES["forward_kl"](binary_logprobs(st["span_student_logprob"]),
-                                     binary_logprobs(st["span_teacher_logprob"]),
-                                     DivergenceParams())
-    assert float(span.sum()) == pytest.approx(float(reference(
-        "span", "forward_kl", s_h, s_w, t_h, t_w, s_tgt, t_tgt, ones)), rel=1e-5)
+            float(reference(method, div, s_h, s_w, t_h, t_w, s_tgt, t_tgt, ones)), rel=1e-6
+        )
+    span = DIVERGENCES["forward_kl"](
+        binary_logprobs(st["span_student_logprob"]),
+        binary_logprobs(st["span_teacher_logprob"]),
+        DivergenceParams(),
+    )
+    assert float(span.sum()) == pytest.approx(
+        float(reference("span", "forward_kl", s_h, s_w, t_h, t_w, s_tgt, t_tgt, ones)), rel=1e-5
+    )

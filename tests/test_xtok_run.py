@@ -1,5 +1,6 @@
 """Cross-tokenizer runs through the whole loop: a tiny random Gemma-3 teacher (Gemma's real
 262k SentencePiece tokenizer) and a tiny student with SmolLM2's byte-level BPE."""
+
 import json
 import math
 
@@ -25,11 +26,14 @@ def test_translation_round_trip(tiny_gemma_teacher, tiny_dirs, prompts_file):
     from ondistill.xtok.translate import Translator
 
     s_tok, t_tok = (AutoTokenizer.from_pretrained(d) for d in (tiny_dirs[1], tiny_gemma_teacher))
-    ps = PromptSet(DataConfig(prompts=str(prompts_file), eval_size=4), s_tok, teacher_tokenizer=t_tok)
+    ps = PromptSet(
+        DataConfig(prompts=str(prompts_file), eval_size=4), s_tok, teacher_tokenizer=t_tok
+    )
     ex = ps.train[:2]
     td = collate_prompts(ex, ps.pad_id, ps.teacher_pad_id)
     assert t_tok.decode(td[B.XT_PROMPT_IDS][1][td[B.XT_PROMPT_MASK][1]]).startswith(
-        "<bos><start_of_turn>user\nSay something about the number 1.<end_of_turn>")
+        "<bos><start_of_turn>user\nSay something about the number 1.<end_of_turn>"
+    )
     td = collate_responses(td, [e.response_ids for e in ex], ps.pad_id, 32)
     td.set(B.ROLLOUT_LOGPROBS, td[B.RESPONSE_IDS].float() * 0)
     tr = Translator(s_tok, t_tok)
@@ -37,15 +41,19 @@ def test_translation_round_trip(tiny_gemma_teacher, tiny_dirs, prompts_file):
     row = teacher[B.RESPONSE_IDS][1][teacher[B.RESPONSE_MASK][1]]
     assert t_tok.decode(row) == "The number 1 comes after 0.<end_of_turn>"
     # every student token of these plain-ASCII rows is aligned, the end-of-turn tokens too
-    assert (s_chunk[td[B.RESPONSE_MASK]] >= 0).all() and (t_chunk[teacher[B.RESPONSE_MASK]] >= 0).all()
+    assert (s_chunk[td[B.RESPONSE_MASK]] >= 0).all() and (
+        t_chunk[teacher[B.RESPONSE_MASK]] >= 0
+    ).all()
     assert int(s_chunk.max()) == int(t_chunk.max())
 
 
 @pytest.mark.parametrize("method,fraction", [("exact", 1.0), ("span", 0.5)])
-def test_cross_tokenizer_run(ray_local, tiny_gemma_teacher, tiny_dirs, prompts_file, tmp_path,
-                             method, fraction):
-    cfg = tiny_config((tiny_gemma_teacher, tiny_dirs[1]), prompts_file, tmp_path,
-                      on_policy_fraction=fraction)
+def test_cross_tokenizer_run(
+    ray_local, tiny_gemma_teacher, tiny_dirs, prompts_file, tmp_path, method, fraction
+):
+    cfg = tiny_config(
+        (tiny_gemma_teacher, tiny_dirs[1]), prompts_file, tmp_path, on_policy_fraction=fraction
+    )
     cfg.rollout.backend = "hf"
     cfg.loss.cross_tokenizer = method
     cfg.trainer.steps, cfg.trainer.save_student, cfg.log.plot = 6, False, False

@@ -1,4 +1,5 @@
 """The real cross-tokenizer teacher: Gemma-3-270M converted from its GGUF part packages."""
+
 import json
 
 import torch
@@ -12,15 +13,18 @@ def test_gemma_conversion_is_sane_and_its_head_reproduces_hf_logits(gemma_dir):
     config = json.loads((gemma_dir / "config.json").read_text())
     assert config["vocab_size"] == 262_144 and config["tie_word_embeddings"]
     assert tok("Hi").input_ids[0] == tok.bos_token_id  # Gemma is far worse without its BOS
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}],
-                                     add_generation_prompt=True, tokenize=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
     gen = json.loads((gemma_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [1, tok.convert_tokens_to_ids("<end_of_turn>")]
 
     model = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32).eval()
-    text = ("The quick brown fox jumps over the lazy dog. Paris is the capital and most "
-            "populous city of France.")
+    text = (
+        "The quick brown fox jumps over the lazy dog. Paris is the capital and most "
+        "populous city of France."
+    )
     ids = tok(text, return_tensors="pt").input_ids
     with torch.no_grad():
         out = model(input_ids=ids, labels=ids)

@@ -8,6 +8,7 @@ Layout of one checkpoint:
     controller.json     step, data position, GKD coin RNG, rollout seed counter, eval results
     metrics.jsonl       the metrics history up to this step
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ def begin(root: Path, step: int) -> tuple[Path, Path]:
     """(temporary dir to write into, final dir). The temporary dir is on the same filesystem
     so the final rename is atomic."""
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:06d}_", dir=root)), root / f"step_{step:06d}"
+    return Path(
+        tempfile.mkdtemp(prefix=f".tmp_step_{step:06d}_", dir=root)
+    ), root / f"step_{step:06d}"
 
 
 def commit(tmp: Path, final: Path, keep: int) -> Path:

@@ -2,13 +2,14 @@
 
 A new dataflow subclasses Controller and overrides `step()`, as trainer/overlap.py does.
 """
+
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from tensordict import TensorDict
@@ -42,10 +43,10 @@ class DatasetRollout:
 class Controller:
     cfg: TrainerConfig
     prompts: PromptSet
-    rollout: "object"  # workers.group.RolloutGroup
+    rollout: object  # workers.group.RolloutGroup
     dataset: DatasetRollout
-    teacher: "object"  # workers.group.TeacherGroup
-    student: "object"  # workers.group.StudentGroup
+    teacher: object  # workers.group.TeacherGroup
+    student: object  # workers.group.StudentGroup
     stages: list[Stage]  # config.schedule(): the on-policy share and objective per update
     sync_every: int = 1
 
@@ -63,8 +64,11 @@ class Controller:
 
     def state(self) -> dict:
         """Everything needed to continue exactly where this controller is (JSON-safe)."""
-        return {"updates": self.updates, "rng": _jsonable(self.rng.getstate()),
-                "data": self.prompts.state()}
+        return {
+            "updates": self.updates,
+            "rng": _jsonable(self.rng.getstate()),
+            "data": self.prompts.state(),
+        }
 
     def load_state(self, state: dict) -> None:
         self.updates = state["updates"]
@@ -96,8 +100,9 @@ class Controller:
                 batch = self.dataset.generate(prompts, [e.response_ids for e in examples])
         return self.score_and_train(batch, timings, on_policy, lag)
 
-    def score_and_train(self, batch: TensorDict, timings: dict[str, float], on_policy: bool,
-                        lag: int) -> dict[str, float]:
+    def score_and_train(
+        self, batch: TensorDict, timings: dict[str, float], on_policy: bool, lag: int
+    ) -> dict[str, float]:
         """The rest of every step: teacher scores, student updates, the step's metrics."""
         with timed(timings, "score"):
             batch = self.teacher.score(batch, hand_over=True)
@@ -106,9 +111,14 @@ class Controller:
             metrics = self.student.train_step(batch, stage.objective, stage.divergence)
         self.updates += 1
         step_time = sum(timings.values())
-        return {**metrics, **timings, "on_policy": float(on_policy), "rollout_lag": float(lag),
-                "stage": float(self.stages.index(stage)),
-                "tokens_per_s": metrics["response_tokens"] / step_time}
+        return {
+            **metrics,
+            **timings,
+            "on_policy": float(on_policy),
+            "rollout_lag": float(lag),
+            "stage": float(self.stages.index(stage)),
+            "tokens_per_s": metrics["response_tokens"] / step_time,
+        }
 
 
 def _jsonable(x):

@@ -17,6 +17,7 @@ With a teacher of another tokenizer (CrossTokenizerEvaluator) the distributions 
 per aligned chunk (ondistill/xtok/): exact-span KL on the shared vocabulary (+ tail), ULD
 distance, the binary KL of the chunk likelihoods (span), and the teacher's NLL per chunk.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,7 +42,7 @@ class Answers:
         self.lengths: list[int] = []
         self.ended: list[bool] = []
         for td in batches:
-            for ids, m in zip(td[B.RESPONSE_IDS], td[B.RESPONSE_MASK]):
+            for ids, m in zip(td[B.RESPONSE_IDS], td[B.RESPONSE_MASK], strict=True):
                 ids = ids[m].tolist()
                 self.texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
                 self.lengths.append(len(ids))
@@ -49,52 +50,64 @@ class Answers:
 
     def per_prompt(self, prompts: int) -> list[list[str]]:
         n = len(self.texts) // max(1, prompts)
-        return [self.texts[i * n:(i + 1) * n] for i in range(prompts)]
+        return [self.texts[i * n : (i + 1) * n] for i in range(prompts)]
 
     def metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_{k}": v for k, v in
-                text_metrics(self.texts, self.lengths, self.ended).items()}
+        return {
+            f"{prefix}_{k}": v
+            for k, v in text_metrics(self.texts, self.lengths, self.ended).items()
+        }
 
 
 class Evaluator:
-    def __init__(self, prompts: PromptSet, batch_size: int, rollout, teacher, student,
-                 teacher_sampler) -> None:
+    def __init__(
+        self, prompts: PromptSet, batch_size: int, rollout, teacher, student, teacher_sampler
+    ) -> None:
         self.rollout, self.teacher, self.student = rollout, teacher, student
         self.tokenizer = prompts.tokenizer
         self.ends = {end_of_turn_id(self.tokenizer), self.tokenizer.eos_token_id}
         self.prompt_texts = [e.prompt for e in prompts.eval]
-        self.prompt_batches = [collate_prompts(b, prompts.pad_id, prompts.teacher_pad_id)
-                               for b in prompts.eval_batches(batch_size)]
+        self.prompt_batches = [
+            collate_prompts(b, prompts.pad_id, prompts.teacher_pad_id)
+            for b in prompts.eval_batches(batch_size)
+        ]
         # The teacher's answers are fixed for the whole run: sample, score and decode them once.
         sampled, greedy = self._teacher_answers(teacher_sampler)
         self.teacher_batches = [teacher.score(b) for b in sampled]
         self.teacher_sampled = Answers(sampled, self.tokenizer, self.ends)
         self.teacher_greedy = Answers(greedy, self.tokenizer, self.ends)
-        self.reference = {**self.teacher_sampled.metrics("sample"),
-                          **self.teacher_greedy.metrics("greedy")}
+        self.reference = {
+            **self.teacher_sampled.metrics("sample"),
+            **self.teacher_greedy.metrics("greedy"),
+        }
         self.samples: list[dict] = []  # the last run()'s answers, one row per prompt
 
     def _teacher_answers(self, sampler) -> tuple[list[TensorDict], list[TensorDict]]:
         """The teacher's sampled and greedy answers as student-token ROLLOUT batches."""
-        return ([sampler.generate(p, seed=EVAL_SEED) for p in self.prompt_batches],
-                [sampler.generate(p, seed=EVAL_SEED, greedy=True) for p in self.prompt_batches])
+        return (
+            [sampler.generate(p, seed=EVAL_SEED) for p in self.prompt_batches],
+            [sampler.generate(p, seed=EVAL_SEED, greedy=True) for p in self.prompt_batches],
+        )
 
     def _distribution_metrics(self, student_batches: list[TensorDict]) -> dict[str, float]:
         stats = [self.student.token_stats(b, ("reverse_kl",)) for b in student_batches]
         on_teacher = [self.student.token_stats(b, ("forward_kl",)) for b in self.teacher_batches]
         return {
             "rkl_student_samples": float(torch.cat([s["reverse_kl"] for s in stats]).mean()),
-            "teacher_nll_student_samples":
-                -float(torch.cat([s["teacher_logprob"] for s in stats]).mean()),
+            "teacher_nll_student_samples": -float(
+                torch.cat([s["teacher_logprob"] for s in stats]).mean()
+            ),
             "fkl_teacher_samples": float(torch.cat([s["forward_kl"] for s in on_teacher]).mean()),
-            "student_nll_teacher_samples":
-                -float(torch.cat([s["student_logprob"] for s in on_teacher]).mean()),
+            "student_nll_teacher_samples": -float(
+                torch.cat([s["student_logprob"] for s in on_teacher]).mean()
+            ),
         }
 
     def run(self) -> dict[str, float]:
         sampled = [self.rollout.generate(p, seed=EVAL_SEED) for p in self.prompt_batches]
-        greedy = [self.rollout.generate(p, seed=EVAL_SEED, greedy=True)
-                  for p in self.prompt_batches]
+        greedy = [
+            self.rollout.generate(p, seed=EVAL_SEED, greedy=True) for p in self.prompt_batches
+        ]
         metrics = self._distribution_metrics([self.teacher.score(b) for b in sampled])
         s_sampled = Answers(sampled, self.tokenizer, self.ends)
         s_greedy = Answers(greedy, self.tokenizer, self.ends)
@@ -103,11 +116,22 @@ class Evaluator:
         metrics["greedy_chrf"] = chrf(s_greedy.texts, self.teacher_greedy.texts)
         n = len(self.prompt_texts)
         self.samples = [
-            {"prompt": p, "student_greedy": sg[0], "student_samples": ss,
-             "teacher_greedy": tg[0], "teacher_samples": ts}
-            for p, sg, ss, tg, ts in zip(self.prompt_texts, s_greedy.per_prompt(n),
-                                         s_sampled.per_prompt(n), self.teacher_greedy.per_prompt(n),
-                                         self.teacher_sampled.per_prompt(n))]
+            {
+                "prompt": p,
+                "student_greedy": sg[0],
+                "student_samples": ss,
+                "teacher_greedy": tg[0],
+                "teacher_samples": ts,
+            }
+            for p, sg, ss, tg, ts in zip(
+                self.prompt_texts,
+                s_greedy.per_prompt(n),
+                s_sampled.per_prompt(n),
+                self.teacher_greedy.per_prompt(n),
+                self.teacher_sampled.per_prompt(n),
+                strict=True,
+            )
+        ]
         return {f"eval/{k}": v for k, v in metrics.items()}
 
 
@@ -116,8 +140,16 @@ class CrossTokenizerEvaluator(Evaluator):
     `teacher` is a workers.group.CrossTokenizerTeacher; the teacher's own answers are turned
     into the student's tokens once, then scored and decoded like any student batch."""
 
-    def __init__(self, prompts: PromptSet, batch_size: int, rollout, teacher, student,
-                 teacher_sampler, translator) -> None:
+    def __init__(
+        self,
+        prompts: PromptSet,
+        batch_size: int,
+        rollout,
+        teacher,
+        student,
+        teacher_sampler,
+        translator,
+    ) -> None:
         from ondistill.xtok.translate import aligned_fraction
 
         self.translator = translator
@@ -125,7 +157,8 @@ class CrossTokenizerEvaluator(Evaluator):
         # What the pair's alignment gives on real text (the teacher's own answers): a training
         # batch far below it means the tokenizations stopped lining up (trainer/run.py warns).
         self.expected_alignment = sum(map(aligned_fraction, self.teacher_batches)) / max(
-            1, len(self.teacher_batches))
+            1, len(self.teacher_batches)
+        )
 
     def _teacher_answers(self, sampler) -> tuple[list[TensorDict], list[TensorDict]]:
         from ondistill.xtok.translate import teacher_prompts
@@ -141,19 +174,26 @@ class CrossTokenizerEvaluator(Evaluator):
     def _chunk_metrics(self, batches: list[TensorDict], direction: str) -> dict[str, float]:
         st = [self.student.xtok_stats(b) for b in batches]
         cat = {k: torch.cat([s[k] for s in st]) for k in st[0]}
-        span = DIVERGENCES[direction](binary_logprobs(cat["span_student_logprob"]),
-                                      binary_logprobs(cat["span_teacher_logprob"]),
-                                      DivergenceParams())
+        span = DIVERGENCES[direction](
+            binary_logprobs(cat["span_student_logprob"]),
+            binary_logprobs(cat["span_teacher_logprob"]),
+            DivergenceParams(),
+        )
         kind = "rkl" if direction == "reverse_kl" else "fkl"
-        return {f"xt_exact_{kind}": float(cat[f"exact_{direction}"].mean()),
-                "xt_uld": float(cat["uld"].mean()), f"xt_span_{kind}": float(span.mean()),
-                "xt_teacher_nll_per_chunk": -float(cat["span_teacher_logprob"].mean()),
-                "xt_student_nll_per_chunk": -float(cat["span_student_logprob"].mean())}
+        return {
+            f"xt_exact_{kind}": float(cat[f"exact_{direction}"].mean()),
+            "xt_uld": float(cat["uld"].mean()),
+            f"xt_span_{kind}": float(span.mean()),
+            "xt_teacher_nll_per_chunk": -float(cat["span_teacher_logprob"].mean()),
+            "xt_student_nll_per_chunk": -float(cat["span_student_logprob"].mean()),
+        }
 
     def _distribution_metrics(self, student_batches: list[TensorDict]) -> dict[str, float]:
         on_student = self._chunk_metrics(student_batches, "reverse_kl")
         on_student.pop("xt_student_nll_per_chunk")  # the student's own samples: not a measure
         on_teacher = self._chunk_metrics(self.teacher_batches, "forward_kl")
         on_teacher.pop("xt_teacher_nll_per_chunk")  # the teacher's own samples: fixed
-        return {**{f"{k}_student_samples": v for k, v in on_student.items()},
-                **{f"{k}_teacher_samples": v for k, v in on_teacher.items()}}
+        return {
+            **{f"{k}_student_samples": v for k, v in on_student.items()},
+            **{f"{k}_teacher_samples": v for k, v in on_teacher.items()},
+        }

@@ -1,5 +1,6 @@
 """Where metrics go: a progress bar, a JSONL file, wandb (offline unless configured), and a
 PNG of the curves at the end."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ from ondistill.config import LogConfig
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: Path, cfg: LogConfig, total_steps: int, config: dict[str, Any],
-                 history: list[dict] | None = None, start_step: int = 0):
+    def __init__(
+        self,
+        out_dir: Path,
+        cfg: LogConfig,
+        total_steps: int,
+        config: dict[str, Any],
+        history: list[dict] | None = None,
+        start_step: int = 0,
+    ):
         """history: rows of a resumed run, up to its checkpoint; metrics.jsonl is rewritten
         with them, so rows the crashed run logged after its checkpoint disappear."""
         self.out_dir, self.cfg = out_dir, cfg
@@ -27,14 +35,20 @@ class MetricsLogger:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.wandb = wandb.init(project=cfg.wandb_project, mode=cfg.wandb, config=config,
-                                    dir=str(out_dir))
+            self.wandb = wandb.init(
+                project=cfg.wandb_project, mode=cfg.wandb, config=config, dir=str(out_dir)
+            )
         self.bar = None
         if cfg.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="distill", unit="step",
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc="distill",
+                unit="step",
+                dynamic_ncols=True,
+            )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -46,8 +60,11 @@ class MetricsLogger:
             self.wandb.log(metrics, step=step)
         if self.bar and "loss" in metrics:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", kl=f"{metrics['kl']:.3f}",
-                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{metrics['loss']:.3f}",
+                kl=f"{metrics['kl']:.3f}",
+                tok_s=f"{metrics['tokens_per_s']:.0f}",
+            )
 
     def write(self, text: str) -> None:
         if self.bar:
@@ -81,11 +98,19 @@ def plot(metrics_path: Path, png_path: Path) -> Path:
     for key in ("eval/rkl_student_samples", "eval/fkl_teacher_samples"):
         ax2.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=key[5:])
     ax2.set_xlabel("step"), ax2.set_title("held-out (per token)"), ax2.legend()
-    for key, scale in (("eval/greedy_distinct_2", 1), ("eval/sample_distinct_2", 1),
-                       ("eval/greedy_repeated_3gram_rate", 1), ("eval/greedy_chrf", 0.01)):
+    for key, scale in (
+        ("eval/greedy_distinct_2", 1),
+        ("eval/sample_distinct_2", 1),
+        ("eval/greedy_repeated_3gram_rate", 1),
+        ("eval/greedy_chrf", 0.01),
+    ):
         if evals and key in evals[0]:
-            ax3.plot([r["step"] for r in evals], [r[key] * scale for r in evals], marker="o",
-                     label=key[5:] + (" / 100" if scale != 1 else ""))
+            ax3.plot(
+                [r["step"] for r in evals],
+                [r[key] * scale for r in evals],
+                marker="o",
+                label=key[5:] + (" / 100" if scale != 1 else ""),
+            )
     ax3.set_xlabel("step"), ax3.set_title("held-out answers (0-1)"), ax3.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

@@ -6,6 +6,7 @@ that made it; settings that change the math or the data must match. `trainer.res
 starts over there, moving the older run's checkpoints aside so that a later `resume=auto`
 cannot pick them up.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,29 @@ from ondistill.config import ConfigError
 
 # Settings that change how the run is carried out, not what it computes: they may differ
 # when a run is continued (another machine, more restarts, a different log sink).
-OPERATIONAL = ("trainer.output_dir", "trainer.resume", "trainer.checkpoint_every",
-               "trainer.keep_checkpoints", "trainer.max_restarts", "trainer.eval_every",
-               "trainer.save_student", "trainer.overlap", "model.cache_dir", "log.",
-               "ray.", "rollout.threads", "teacher.threads", "student.threads",
-               "rollout.compile", "teacher.compile", "student.compile",
-               "rollout.gpu_memory_utilization", "teacher.share_gpu",
-               "teacher.micro_batch_size", "student.micro_batch_size")
+OPERATIONAL = (
+    "trainer.output_dir",
+    "trainer.resume",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.max_restarts",
+    "trainer.eval_every",
+    "trainer.save_student",
+    "trainer.overlap",
+    "model.cache_dir",
+    "log.",
+    "ray.",
+    "rollout.threads",
+    "teacher.threads",
+    "student.threads",
+    "rollout.compile",
+    "teacher.compile",
+    "student.compile",
+    "rollout.gpu_memory_utilization",
+    "teacher.share_gpu",
+    "teacher.micro_batch_size",
+    "student.micro_batch_size",
+)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -40,8 +57,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old -> new' for every setting that changes the math or the data."""
     a, b = flatten(old), flatten(new)
-    keys = sorted(k for k in a.keys() | b.keys()
-                  if not any(k == o or (o.endswith(".") and k.startswith(o)) for o in OPERATIONAL))
+    keys = sorted(
+        k
+        for k in a.keys() | b.keys()
+        if not any(k == o or (o.endswith(".") and k.startswith(o)) for o in OPERATIONAL)
+    )
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
@@ -49,22 +69,29 @@ def check(out_dir: Path, config: dict[str, Any], resume: str) -> None:
     """Refuse, before any work, an output directory the run cannot write or one that holds
     a run with other settings (unless resume=never starts over there)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"trainer.output_dir={out_dir} is a file; give a directory (new or "
-                          "an earlier run's).")
+        raise ConfigError(
+            f"trainer.output_dir={out_dir} is a file; give a directory (new or an earlier run's)."
+        )
     parent = next(p for p in (out_dir, *out_dir.parents) if p.exists())
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"trainer.output_dir={out_dir} cannot be written ({parent} is not "
-                          "writable); choose a directory you can write.")
+        raise ConfigError(
+            f"trainer.output_dir={out_dir} cannot be written ({parent} is not "
+            "writable); choose a directory you can write."
+        )
     saved = out_dir / "config.json"
     if resume == "never" or not saved.exists():
         return
     changes = differing(json.loads(saved.read_text()), config)
     if changes:
-        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
-        raise ConfigError(f"trainer.output_dir={out_dir} holds a run made with other settings "
-                          f"({shown}); to continue it, run with its settings ({saved}); to start "
-                          "over, give a new trainer.output_dir, or trainer.resume=never to reuse "
-                          "this one (its checkpoints are moved aside).")
+        shown = "; ".join(changes[:4]) + (
+            f"; and {len(changes) - 4} more" if len(changes) > 4 else ""
+        )
+        raise ConfigError(
+            f"trainer.output_dir={out_dir} holds a run made with other settings "
+            f"({shown}); to continue it, run with its settings ({saved}); to start "
+            "over, give a new trainer.output_dir, or trainer.resume=never to reuse "
+            "this one (its checkpoints are moved aside)."
+        )
 
 
 def start_over(out_dir: Path) -> Path | None:

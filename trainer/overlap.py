@@ -7,10 +7,11 @@ for exactly this; the divergence objectives simply see slightly older samples). 
 engine run in order, so the weight push of step k lands after the generation it must not
 disturb and before the one that should use it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tensordict import TensorDict
 
@@ -38,8 +39,9 @@ class OverlapController(Controller):
         examples, prompts, on_policy, seed = self.draw(update)
         if on_policy:
             self.sync(self.sync_every)
-            return Pending(self.rollout.submit(prompts, seed=seed), True, update - self.synced,
-                           before)
+            return Pending(
+                self.rollout.submit(prompts, seed=seed), True, update - self.synced, before
+            )
         responses = [e.response_ids for e in examples]
         return Pending(lambda: self.dataset.generate(prompts, responses), False, 0, before)
 

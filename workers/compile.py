@@ -1,4 +1,5 @@
 """torch.compile for the HF decoders the teacher and student run."""
+
 from __future__ import annotations
 
 import torch

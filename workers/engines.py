@@ -3,18 +3,21 @@
 Backends are imported lazily from their own files, so choosing `hf` never imports vLLM or
 SGLang, and `import workers` imports neither.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 import torch
 from tensordict import TensorDict
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: TensorDict, seed: int | None = None,
-                 greedy: bool = False) -> TensorDict:
+    def generate(
+        self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
+    ) -> TensorDict:
         """PROMPTS keys -> ROLLOUT keys; each prompt repeated n_samples times, rows grouped by
         prompt (row i*n..i*n+n-1 come from prompt i). A given seed makes sampling repeatable;
         None continues the engine's own seeded sequence. greedy: one temperature-0 answer per

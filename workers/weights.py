@@ -9,6 +9,7 @@ Two ways, chosen per engine by the sender:
 The sender must keep IPC'd tensors alive until the engine has flushed them. The same handles
 carry the teacher's hidden states to a one-rank student on its GPU (B.TEACHER_HIDDEN_IPC).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,10 +5,11 @@ Every divergence has one signature:
 Logits are float32 and already divided by the temperature; any normalised log-probabilities
 are valid logits too (the top-k path passes k+1 log-probs, tail bucket included).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -28,6 +29,7 @@ def register(name: str) -> Callable[[Divergence], Divergence]:
     def wrap(fn: Divergence) -> Divergence:
         DIVERGENCES[name] = fn
         return fn
+
     return wrap
 
 
@@ -38,7 +40,9 @@ def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 def log_mix(log_p: torch.Tensor, log_q: torch.Tensor, w: float) -> torch.Tensor:
     """log(w * p + (1 - w) * q), stably."""
-    return torch.logaddexp(log_p + torch.log(torch.tensor(w)), log_q + torch.log(torch.tensor(1 - w)))
+    return torch.logaddexp(
+        log_p + torch.log(torch.tensor(w)), log_q + torch.log(torch.tensor(1 - w))
+    )
 
 
 from ondistill.divergences import adaptive_kl, jsd, kl_pair, skew_kl, tvd  # noqa: E402,F401

@@ -1,6 +1,7 @@
 """Adaptive KL (Wu et al. 2024): weight forward and reverse KL by how far the student is from
 the teacher on the teacher's head (the top tokens holding mass mu) vs its tail. The weights
 are constants for the gradient (the reference implementation detaches the student)."""
+
 import torch
 import torch.nn.functional as F
 

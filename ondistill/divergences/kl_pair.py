@@ -1,5 +1,6 @@
 """Forward KL(teacher || student), mode-covering, and reverse KL(student || teacher),
 mode-seeking (what on-policy distillation minimises)."""
+
 import torch
 import torch.nn.functional as F
 

@@ -1,4 +1,5 @@
 """Total variation distance: half the L1 distance between the two distributions."""
+
 import torch
 
 from ondistill.divergences import DivergenceParams, register

@@ -11,6 +11,7 @@ log-normalisers and the divergence. Pass 2 reads them again and writes the gradi
 Only the plain heads (no logit scale or soft-cap), temperature any, no cross-entropy term:
 `ondistill.losses` routes everything else to the generic path, which is also the reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,20 @@ import triton.language as tl
 
 
 @triton.jit
-def _kl_chunk(zs_ptr, zt_ptr, g_ptr, w_ptr, out_ptr, V, stride_s, stride_t, stride_g, inv_t,
-              REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+def _kl_chunk(
+    zs_ptr,
+    zt_ptr,
+    g_ptr,
+    w_ptr,
+    out_ptr,
+    V,
+    stride_s,
+    stride_t,
+    stride_g,
+    inv_t,
+    REVERSE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     zs_row, zt_row, g_row = zs_ptr + row * stride_s, zt_ptr + row * stride_t, g_ptr + row * stride_g
     m_s = tl.full([], float("-inf"), tl.float32)
@@ -64,14 +77,32 @@ def _kl_chunk(zs_ptr, zt_ptr, g_ptr, w_ptr, out_ptr, V, stride_s, stride_t, stri
         tl.store(g_row + offs, (g * coef).to(g_ptr.dtype.element_ty), mask=live)
 
 
-def kl_chunk(z_s: torch.Tensor, z_t: torch.Tensor, weights: torch.Tensor, temperature: float,
-             reverse: bool, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_chunk(
+    z_s: torch.Tensor,
+    z_t: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float,
+    reverse: bool,
+    block: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw logits z_s, z_t [c, V] (any float dtype, last dim contiguous), weights [c] ->
     (per-row KL [c] float32, d(sum_n weights[n] * KL_n)/d z_s [c, V] in z_s's dtype)."""
     c, v = z_s.shape
     grad = torch.empty_like(z_s)
     out = torch.empty(c, dtype=torch.float32, device=z_s.device)
-    _kl_chunk[(c,)](z_s, z_t, grad, weights.float().contiguous(), out, v, z_s.stride(0),
-                    z_t.stride(0), grad.stride(0), 1.0 / temperature, REVERSE=reverse,
-                    BLOCK=min(block, triton.next_power_of_2(v)), num_warps=8)
+    _kl_chunk[(c,)](
+        z_s,
+        z_t,
+        grad,
+        weights.float().contiguous(),
+        out,
+        v,
+        z_s.stride(0),
+        z_t.stride(0),
+        grad.stride(0),
+        1.0 / temperature,
+        REVERSE=reverse,
+        BLOCK=min(block, triton.next_power_of_2(v)),
+        num_warps=8,
+    )
     return out, grad

@@ -16,6 +16,7 @@ tokenizers) turns "Hello" into "▁Hello", i.e. b" Hello". Aligning from byte 0 
 no common prefix and align nothing; so the teacher's offsets are counted from where the text
 it was given begins (its first token keeps its extra byte).
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left
@@ -52,7 +53,7 @@ def inserted_prefix(s_text: bytes, t_text: bytes, most: int = 4) -> int:
     t_text[k:] begins like s_text (0 when the texts begin alike, or nothing matches)."""
     probe = s_text[:16]
     for k in range(most + 1):
-        if probe and t_text[k:k + len(probe)] == probe:
+        if probe and t_text[k : k + len(probe)] == probe:
             return k
     return 0
 
@@ -60,25 +61,30 @@ def inserted_prefix(s_text: bytes, t_text: bytes, most: int = 4) -> int:
 def _chunks(ends: list[int], sizes: list[int], bounds: list[int]) -> list[int]:
     """Chunk index per token: k where bounds[k] < end <= bounds[k + 1]; -1 if none or empty."""
     out = []
-    for end, size in zip(ends, sizes):
+    for end, size in zip(ends, sizes, strict=True):
         k = bisect_left(bounds, end)  # bounds[k] >= end
         out.append(k - 1 if size and k < len(bounds) and k >= 1 else -1)
     return out
 
 
-def align(student_ids: list[int], teacher_ids: list[int], student_table: list[bytes],
-          teacher_table: list[bytes], student_end: bool = False,
-          teacher_end: bool = False) -> Alignment:
+def align(
+    student_ids: list[int],
+    teacher_ids: list[int],
+    student_table: list[bytes],
+    teacher_table: list[bytes],
+    student_end: bool = False,
+    teacher_end: bool = False,
+) -> Alignment:
     """Chunks of two tokenizations of (nearly) the same text. *_end: the last id of that side is
     an end-of-turn token (not text); both must be True for it to be aligned."""
-    s_text, s_ends = byte_ends(student_ids[:len(student_ids) - student_end], student_table)
-    t_text, t_ends = byte_ends(teacher_ids[:len(teacher_ids) - teacher_end], teacher_table)
+    s_text, s_ends = byte_ends(student_ids[: len(student_ids) - student_end], student_table)
+    t_text, t_ends = byte_ends(teacher_ids[: len(teacher_ids) - teacher_end], teacher_table)
     shift = inserted_prefix(s_text, t_text)
     t_text, t_ends = t_text[shift:], [max(0, e - shift) for e in t_ends]
     common = _common_prefix(s_text, t_text)
     bounds = [0] + sorted(e for e in set(s_ends) & set(t_ends) if 0 < e <= common)
-    s_sizes = [len(student_table[i]) for i in student_ids[:len(s_ends)]]
-    t_sizes = [len(teacher_table[i]) for i in teacher_ids[:len(t_ends)]]
+    s_sizes = [len(student_table[i]) for i in student_ids[: len(s_ends)]]
+    t_sizes = [len(teacher_table[i]) for i in teacher_ids[: len(t_ends)]]
     s_chunk, t_chunk = _chunks(s_ends, s_sizes, bounds), _chunks(t_ends, t_sizes, bounds)
     num = len(bounds) - 1
     if student_end and teacher_end:

@@ -17,6 +17,7 @@ the same text. Three methods:
 The teacher's logits are recomputed here from its hidden states with its own head, one chunk of
 positions at a time, so no [tokens, teacher vocab] tensor exists for the whole batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -26,8 +27,7 @@ import torch.nn.functional as F
 
 from ondistill.divergences import DIVERGENCES
 from ondistill.heads import HeadSpec, OutputHead
-from ondistill.losses import (OBJECTIVES, ObjectiveSpec, chunked_loss, chunked_token_stats,
-                              with_tail)
+from ondistill.losses import OBJECTIVES, ObjectiveSpec, chunked_loss, chunked_token_stats, with_tail
 from ondistill.xtok.vocab import SharedVocab
 
 
@@ -40,8 +40,14 @@ class _AlignedTeacher:
 
     def __init__(self, hidden: torch.Tensor, head: OutputHead, shared: SharedVocab | None = None):
         self.hidden, self.head, self.spec = hidden, head, head.spec
-        self.ids = {} if shared is None else {"s_ids": shared.student_ids.to(hidden.device),
-                                              "t_ids": shared.teacher_ids.to(hidden.device)}
+        self.ids = (
+            {}
+            if shared is None
+            else {
+                "s_ids": shared.student_ids.to(hidden.device),
+                "t_ids": shared.teacher_ids.to(hidden.device),
+            }
+        )
 
     def chunk(self, i: int, j: int) -> dict[str, torch.Tensor]:
         w = self.head.weight
@@ -115,42 +121,84 @@ def binary_logprobs(logp: torch.Tensor) -> torch.Tensor:
     return torch.stack([logp, log_not], -1)
 
 
-def _span_loss(s_hidden, s_weight, s_spec, s_targets, s_chunk, t_hidden, t_head, t_targets,
-               t_chunk, weights, spec: ObjectiveSpec, chunk_size: int, stats: dict):
+def _span_loss(
+    s_hidden,
+    s_weight,
+    s_spec,
+    s_targets,
+    s_chunk,
+    t_hidden,
+    t_head,
+    t_targets,
+    t_chunk,
+    weights,
+    spec: ObjectiveSpec,
+    chunk_size: int,
+    stats: dict,
+):
     """ALM in two passes: no-grad per-token log-probs give each chunk's log p on both sides and
     the loss's gradient g_k w.r.t. the student's; then one chunked pass through the student head
     with per-token weights g_k(i) carries exactly that gradient into the student."""
     s_glob, t_glob = _global_chunks(s_chunk), _global_chunks(t_chunk)
     keep_s, keep_t = s_glob >= 0, t_glob >= 0
     num = int(chunk_starts(s_chunk).sum())
-    lp_s = chunked_token_stats(s_hidden[keep_s].detach(), s_weight.detach(), None, None,
-                               s_targets[keep_s], (), chunk_size, s_spec)["student_logprob"]
-    lp_t = chunked_token_stats(t_hidden[keep_t], t_head.weight, None, None, t_targets[keep_t],
-                               (), chunk_size, t_head.spec)["student_logprob"]
+    lp_s = chunked_token_stats(
+        s_hidden[keep_s].detach(),
+        s_weight.detach(),
+        None,
+        None,
+        s_targets[keep_s],
+        (),
+        chunk_size,
+        s_spec,
+    )["student_logprob"]
+    lp_t = chunked_token_stats(
+        t_hidden[keep_t], t_head.weight, None, None, t_targets[keep_t], (), chunk_size, t_head.spec
+    )["student_logprob"]
     L_s = torch.zeros(num, device=lp_s.device).index_add_(0, s_glob[keep_s], lp_s.float())
     L_t = torch.zeros(num, device=lp_s.device).index_add_(0, t_glob[keep_t], lp_t.float())
     w = weights[chunk_starts(s_chunk)].float()
     with torch.enable_grad():
         L_s = L_s.requires_grad_()
-        per_chunk = DIVERGENCES[spec.divergence](binary_logprobs(L_s), binary_logprobs(L_t),
-                                                 spec.params)
+        per_chunk = DIVERGENCES[spec.divergence](
+            binary_logprobs(L_s), binary_logprobs(L_t), spec.params
+        )
         value = (per_chunk * w).sum()
         (g,) = torch.autograd.grad(value, L_s)
     coef = g[s_glob[keep_s]]
     inner: dict = {}
-    surrogate = chunked_loss(s_hidden[keep_s], s_weight, NoTeacher(), coef,
-                             replace(spec, objective="token_logprob", ce_coef=0.0),
-                             {"targets": s_targets[keep_s]}, chunk_size, s_spec, inner)
+    surrogate = chunked_loss(
+        s_hidden[keep_s],
+        s_weight,
+        NoTeacher(),
+        coef,
+        replace(spec, objective="token_logprob", ce_coef=0.0),
+        {"targets": s_targets[keep_s]},
+        chunk_size,
+        s_spec,
+        inner,
+    )
     stats["divergence"] = float(value)
     return surrogate - surrogate.detach() + value.detach()
 
 
-def cross_tokenizer_loss(method: str, s_hidden: torch.Tensor, s_weight: torch.Tensor,
-                         s_spec: HeadSpec, s_targets: torch.Tensor, s_chunk: torch.Tensor,
-                         t_hidden: torch.Tensor, t_head: OutputHead, t_targets: torch.Tensor,
-                         t_chunk: torch.Tensor, weights: torch.Tensor, spec: ObjectiveSpec,
-                         shared: SharedVocab | None, chunk_size: int = 512,
-                         stats: dict | None = None) -> torch.Tensor:
+def cross_tokenizer_loss(
+    method: str,
+    s_hidden: torch.Tensor,
+    s_weight: torch.Tensor,
+    s_spec: HeadSpec,
+    s_targets: torch.Tensor,
+    s_chunk: torch.Tensor,
+    t_hidden: torch.Tensor,
+    t_head: OutputHead,
+    t_targets: torch.Tensor,
+    t_chunk: torch.Tensor,
+    weights: torch.Tensor,
+    spec: ObjectiveSpec,
+    shared: SharedVocab | None,
+    chunk_size: int = 512,
+    stats: dict | None = None,
+) -> torch.Tensor:
     """sum over aligned chunks of weight x per-chunk objective (+ ce_coef x cross-entropy on
     every response token with weight > 0); differentiable in s_hidden and s_weight.
 
@@ -160,40 +208,85 @@ def cross_tokenizer_loss(method: str, s_hidden: torch.Tensor, s_weight: torch.Te
     stats = stats if stats is not None else {}
     s_start, t_start = chunk_starts(s_chunk), chunk_starts(t_chunk)
     if int(s_start.sum()) != int(t_start.sum()):
-        raise ValueError(f"{int(s_start.sum())} student chunks but {int(t_start.sum())} teacher "
-                         "chunks; the alignment of this batch is inconsistent.")
+        raise ValueError(
+            f"{int(s_start.sum())} student chunks but {int(t_start.sum())} teacher "
+            "chunks; the alignment of this batch is inconsistent."
+        )
     zero = s_hidden.sum() * 0
     if method == "sft" or spec.objective == "sft":
         loss, stats["divergence"] = zero, 0.0
     elif method == "span":
-        loss = _span_loss(s_hidden, s_weight, s_spec, s_targets, s_chunk, t_hidden, t_head,
-                          t_targets, t_chunk, weights, spec, chunk_size, stats)
+        loss = _span_loss(
+            s_hidden,
+            s_weight,
+            s_spec,
+            s_targets,
+            s_chunk,
+            t_hidden,
+            t_head,
+            t_targets,
+            t_chunk,
+            weights,
+            spec,
+            chunk_size,
+            stats,
+        )
     else:
-        teacher = (SharedVocabTeacher(t_hidden[t_start], t_head, shared) if method == "exact"
-                   else SortedTeacher(t_hidden[t_start], t_head))
+        teacher = (
+            SharedVocabTeacher(t_hidden[t_start], t_head, shared)
+            if method == "exact"
+            else SortedTeacher(t_hidden[t_start], t_head)
+        )
         obj = replace(spec, objective="divergence" if method == "exact" else "uld", ce_coef=0.0)
-        loss = chunked_loss(s_hidden[s_start], s_weight, teacher, weights[s_start], obj,
-                            {"targets": s_targets[s_start]}, chunk_size, s_spec, stats)
+        loss = chunked_loss(
+            s_hidden[s_start],
+            s_weight,
+            teacher,
+            weights[s_start],
+            obj,
+            {"targets": s_targets[s_start]},
+            chunk_size,
+            s_spec,
+            stats,
+        )
     if spec.ce_coef:  # cross-entropy on every response token, as in the same-vocabulary path
         keep = weights != 0
         ce_spec = replace(spec, objective="sft")
-        loss = loss + chunked_loss(s_hidden[keep], s_weight, NoTeacher(), weights[keep], ce_spec,
-                                   {"targets": s_targets[keep]}, chunk_size, s_spec, {})
+        loss = loss + chunked_loss(
+            s_hidden[keep],
+            s_weight,
+            NoTeacher(),
+            weights[keep],
+            ce_spec,
+            {"targets": s_targets[keep]},
+            chunk_size,
+            s_spec,
+            {},
+        )
     return loss
 
 
 @torch.no_grad()
-def aligned_stats(s_hidden, s_weight, s_spec: HeadSpec, s_targets, s_chunk, t_hidden,
-                  t_head: OutputHead, t_targets, t_chunk, shared: SharedVocab,
-                  chunk_size: int = 512) -> dict[str, torch.Tensor]:
+def aligned_stats(
+    s_hidden,
+    s_weight,
+    s_spec: HeadSpec,
+    s_targets,
+    s_chunk,
+    t_hidden,
+    t_head: OutputHead,
+    t_targets,
+    t_chunk,
+    shared: SharedVocab,
+    chunk_size: int = 512,
+) -> dict[str, torch.Tensor]:
     """Per-chunk held-out metrics [K] at temperature 1: exact-span forward and reverse KL on the
     shared vocabulary (+ tail), ULD distance, and the chunk log-probs of both sides."""
     from ondistill.divergences import DivergenceParams
 
     s_start, t_start = chunk_starts(s_chunk), chunk_starts(t_chunk)
     hs, ht = s_hidden[s_start], t_hidden[t_start]
-    out: dict[str, list[torch.Tensor]] = {"exact_forward_kl": [], "exact_reverse_kl": [],
-                                          "uld": []}
+    out: dict[str, list[torch.Tensor]] = {"exact_forward_kl": [], "exact_reverse_kl": [], "uld": []}
     exact, uld = SharedVocabTeacher(ht, t_head, shared), SortedTeacher(ht, t_head)
     for i in range(0, hs.shape[0], chunk_size):
         j = i + chunk_size
@@ -207,10 +300,12 @@ def aligned_stats(s_hidden, s_weight, s_spec: HeadSpec, s_targets, s_chunk, t_hi
     s_glob, t_glob = _global_chunks(s_chunk), _global_chunks(t_chunk)
     keep_s, keep_t = s_glob >= 0, t_glob >= 0
     num = int(s_start.sum())
-    lp_s = chunked_token_stats(s_hidden[keep_s], s_weight, None, None, s_targets[keep_s], (),
-                               chunk_size, s_spec)["student_logprob"]
-    lp_t = chunked_token_stats(t_hidden[keep_t], t_head.weight, None, None, t_targets[keep_t],
-                               (), chunk_size, t_head.spec)["student_logprob"]
+    lp_s = chunked_token_stats(
+        s_hidden[keep_s], s_weight, None, None, s_targets[keep_s], (), chunk_size, s_spec
+    )["student_logprob"]
+    lp_t = chunked_token_stats(
+        t_hidden[keep_t], t_head.weight, None, None, t_targets[keep_t], (), chunk_size, t_head.spec
+    )["student_logprob"]
     res["span_student_logprob"] = torch.zeros(num).index_add_(0, s_glob[keep_s].cpu(), lp_s.cpu())
     res["span_teacher_logprob"] = torch.zeros(num).index_add_(0, t_glob[keep_t].cpu(), lp_t.cpu())
     return res

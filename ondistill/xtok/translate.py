@@ -5,6 +5,7 @@ tokenizer, so a sampled non-canonical tokenization keeps its exact text), the te
 tokenized by the teacher's tokenizer, and the two are aligned (align.py). The teacher engine
 then scores an ordinary batch in its own tokens; nothing in the engines knows about this.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,7 @@ class Translator:
 
     def _text(self, ids: list[int], table: list[bytes], ends: set[int]) -> tuple[str, bool]:
         ended = bool(ids) and ids[-1] in ends
-        raw = b"".join(table[i] for i in ids[:len(ids) - ended])
+        raw = b"".join(table[i] for i in ids[: len(ids) - ended])
         return raw.decode("utf-8", errors="replace"), ended
 
     def to_teacher(self, batch: TensorDict) -> tuple[TensorDict, torch.Tensor, torch.Tensor]:
@@ -41,7 +42,7 @@ class Translator:
         [B, R], teacher_chunk [B, R_t])."""
         B.check(batch, B.ROLLOUT + B.XT_PROMPTS, "cross-tokenizer teacher")
         t_rows, s_chunks, t_chunks = [], [], []
-        for ids, m in zip(batch[B.RESPONSE_IDS], batch[B.RESPONSE_MASK]):
+        for ids, m in zip(batch[B.RESPONSE_IDS], batch[B.RESPONSE_MASK], strict=True):
             s_ids = ids[m].tolist()
             text, ended = self._text(s_ids, self.s_table, self.s_ends)
             t_ids = self.t_tok(text, add_special_tokens=False)["input_ids"] + [self.t_end] * ended
@@ -50,16 +51,24 @@ class Translator:
             s_chunks.append(al.student_chunk)
             t_chunks.append(al.teacher_chunk)
         t_ids, t_mask = pad_rows(t_rows, self.t_pad)
-        teacher = TensorDict({
-            B.PROMPT_IDS: batch[B.XT_PROMPT_IDS], B.PROMPT_MASK: batch[B.XT_PROMPT_MASK],
-            B.PROMPT_INDEX: batch[B.PROMPT_INDEX], B.RESPONSE_IDS: t_ids, B.RESPONSE_MASK: t_mask,
-            B.ROLLOUT_LOGPROBS: torch.zeros(t_ids.shape)}, batch_size=batch.batch_size)
+        teacher = TensorDict(
+            {
+                B.PROMPT_IDS: batch[B.XT_PROMPT_IDS],
+                B.PROMPT_MASK: batch[B.XT_PROMPT_MASK],
+                B.PROMPT_INDEX: batch[B.PROMPT_INDEX],
+                B.RESPONSE_IDS: t_ids,
+                B.RESPONSE_MASK: t_mask,
+                B.ROLLOUT_LOGPROBS: torch.zeros(t_ids.shape),
+            },
+            batch_size=batch.batch_size,
+        )
         s_chunk, _ = pad_rows(s_chunks, -1, batch[B.RESPONSE_IDS].shape[1])
         t_chunk, _ = pad_rows(t_chunks, -1)
         return B.check(teacher, B.ROLLOUT, "cross-tokenizer teacher"), s_chunk, t_chunk
 
-    def merge(self, batch: TensorDict, scored: TensorDict, s_chunk: torch.Tensor,
-              t_chunk: torch.Tensor) -> TensorDict:
+    def merge(
+        self, batch: TensorDict, scored: TensorDict, s_chunk: torch.Tensor, t_chunk: torch.Tensor
+    ) -> TensorDict:
         """The teacher's scores in its own tokens, attached to the student batch."""
         out = batch.clone(False)
         out.set(B.XT_RESPONSE_IDS, scored[B.RESPONSE_IDS])
@@ -73,10 +82,11 @@ class Translator:
         """The teacher's own samples (in its tokens) -> a student ROLLOUT batch of the same text:
         `prompts` are the student-side prompts they answer, each repeated n times."""
         rows, ends = [], {self.t_end, self.t_tok.eos_token_id}
-        for ids, m in zip(sampled[B.RESPONSE_IDS], sampled[B.RESPONSE_MASK]):
+        for ids, m in zip(sampled[B.RESPONSE_IDS], sampled[B.RESPONSE_MASK], strict=True):
             text, ended = self._text(ids[m].tolist(), self.t_table, ends)
-            rows.append(self.s_tok(text, add_special_tokens=False)["input_ids"]
-                        + [self.s_end] * ended)
+            rows.append(
+                self.s_tok(text, add_special_tokens=False)["input_ids"] + [self.s_end] * ended
+            )
         td = prompts.repeat_interleave(n, dim=0)
         ids, mask = pad_rows(rows, self.s_pad)
         td.set(B.RESPONSE_IDS, ids)
@@ -87,9 +97,14 @@ class Translator:
 
 def teacher_prompts(prompts: TensorDict) -> TensorDict:
     """A prompt batch in the teacher's tokens (for sampling from the teacher)."""
-    return TensorDict({B.PROMPT_IDS: prompts[B.XT_PROMPT_IDS],
-                       B.PROMPT_MASK: prompts[B.XT_PROMPT_MASK],
-                       B.PROMPT_INDEX: prompts[B.PROMPT_INDEX]}, batch_size=prompts.batch_size)
+    return TensorDict(
+        {
+            B.PROMPT_IDS: prompts[B.XT_PROMPT_IDS],
+            B.PROMPT_MASK: prompts[B.XT_PROMPT_MASK],
+            B.PROMPT_INDEX: prompts[B.PROMPT_INDEX],
+        },
+        batch_size=prompts.batch_size,
+    )
 
 
 def aligned_fraction(batch: TensorDict) -> float:

@@ -5,6 +5,7 @@ a printable character ('Ġ' is a space); SentencePiece (Gemma, Mistral) writes s
 falls back to byte tokens like <0x41>. Undoing each scheme gives every token the exact bytes it
 decodes to, so tokens compare by what they mean, and partial UTF-8 byte tokens compare too.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,18 @@ _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 @lru_cache(maxsize=1)
 def _gpt2_byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode: printable char -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
         + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def scheme(tokenizer) -> str:
@@ -39,14 +43,17 @@ def scheme(tokenizer) -> str:
         return "byte_level"
     if "ByteFallback" in text or "▁" in text or "Metaspace" in text:
         return "sentencepiece"
-    raise ValueError(f"tokenizer {type(tokenizer).__name__} uses a decoder ondistill cannot map "
-                     f"to bytes ({text[:120]}); cross-tokenizer KD supports byte-level BPE and "
-                     "SentencePiece-style tokenizers.")
+    raise ValueError(
+        f"tokenizer {type(tokenizer).__name__} uses a decoder ondistill cannot map "
+        f"to bytes ({text[:120]}); cross-tokenizer KD supports byte-level BPE and "
+        "SentencePiece-style tokenizers."
+    )
 
 
 def _special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {
-        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special
+    }
 
 
 def token_bytes(tokenizer) -> list[bytes]:
@@ -84,8 +91,9 @@ class SharedVocab:
         return int(self.student_ids.numel())
 
 
-def shared_vocab(student_bytes: list[bytes], teacher_bytes: list[bytes],
-                 end_pair: tuple[int, int] | None = None) -> SharedVocab:
+def shared_vocab(
+    student_bytes: list[bytes], teacher_bytes: list[bytes], end_pair: tuple[int, int] | None = None
+) -> SharedVocab:
     """Shared vocabulary of two tokenizers given as token_bytes() lists. end_pair: (student
     end-of-turn id, teacher end-of-turn id), paired although both decode to b''."""
     first_teacher: dict[bytes, int] = {}
@@ -110,8 +118,9 @@ def end_of_turn_id(tokenizer) -> int:
         marker = "\x00ondistill\x00"
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}],
-            tokenize=False)
-        after = text[text.index(marker) + len(marker):]
+            tokenize=False,
+        )
+        after = text[text.index(marker) + len(marker) :]
         ids = tokenizer(after, add_special_tokens=False).input_ids
         special = _special_ids(tokenizer)
         for i in ids:

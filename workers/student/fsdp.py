@@ -1,4 +1,5 @@
 """One FSDP2 rank of the student, run as a Ray actor (one per rank; gloo on CPU, nccl on GPU)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,11 @@ def lr_lambda(cfg: StudentConfig, total_steps: int):
         if cfg.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+        shape = (
+            0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+        )
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
     return fn
 
 
@@ -38,9 +42,13 @@ class StudentWorker:
     def __init__(self, rank: int, world_size: int, cfg: StudentConfig, loss: LossConfig):
         self.rank, self.world_size, self.cfg, self.loss_cfg = rank, world_size, cfg, loss
         self.spec = ObjectiveSpec(
-            objective=loss.objective, divergence=loss.divergence, temperature=loss.temperature,
+            objective=loss.objective,
+            divergence=loss.divergence,
+            temperature=loss.temperature,
             params=DivergenceParams(beta=loss.jsd_beta, alpha=loss.skew_alpha, mu=loss.akl_mu),
-            ce_coef=loss.ce_coef, pg_clip=loss.pg_clip)
+            ce_coef=loss.ce_coef,
+            pg_clip=loss.pg_clip,
+        )
         torch.set_num_threads(max(1, cfg.threads))
 
     def address(self) -> tuple[str, int]:
@@ -52,17 +60,24 @@ class StudentWorker:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def setup(self, master: tuple[str, int], student_dir: str, teacher_dir: str | None,
-              total_steps: int) -> int:
+    def setup(
+        self, master: tuple[str, int], student_dir: str, teacher_dir: str | None, total_steps: int
+    ) -> int:
         """Join the process group, load and shard the student, build optimizer and schedule.
         Returns the number of student parameters."""
         from transformers import AutoModelForCausalLM
 
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master[0], str(master[1])
-        self.device = torch.device("cuda", torch.cuda.current_device()) \
-            if torch.cuda.is_available() else torch.device("cpu")
-        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
-                                rank=self.rank, world_size=self.world_size)
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+        dist.init_process_group(
+            "nccl" if self.device.type == "cuda" else "gloo",
+            rank=self.rank,
+            world_size=self.world_size,
+        )
         mesh = torch.distributed.device_mesh.init_device_mesh(self.device.type, (self.world_size,))
         torch.manual_seed(0)
         lm = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
@@ -77,19 +92,31 @@ class StudentWorker:
 
             from ondistill.xtok.translate import Translator
 
-            shared = Translator(AutoTokenizer.from_pretrained(student_dir),
-                                AutoTokenizer.from_pretrained(teacher_dir)).shared()
-        kd = KDModel(lm.to(self.device), head, self.loss_cfg.chunk_size,
-                     self.loss_cfg.cross_tokenizer, shared)
-        self.model = parallelize(kd, mesh, DTYPES[self.cfg.param_dtype],
-                                 wants_compile(self.cfg.compile, self.device))
+            shared = Translator(
+                AutoTokenizer.from_pretrained(student_dir),
+                AutoTokenizer.from_pretrained(teacher_dir),
+            ).shared()
+        kd = KDModel(
+            lm.to(self.device),
+            head,
+            self.loss_cfg.chunk_size,
+            self.loss_cfg.cross_tokenizer,
+            shared,
+        )
+        self.model = parallelize(
+            kd, mesh, DTYPES[self.cfg.param_dtype], wants_compile(self.cfg.compile, self.device)
+        )
         # CPU: the fused kernel makes one pass over the parameters instead of ~10 (measured
         # 0.2 s of a 2.4 s step for the 50M default student); GPU keeps the default (foreach).
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
-                                           weight_decay=self.cfg.weight_decay,
-                                           fused=True if self.device.type == "cpu" else None)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=self.cfg.lr,
+            weight_decay=self.cfg.weight_decay,
+            fused=True if self.device.type == "cpu" else None,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.cfg, total_steps))
+            self.optimizer, lr_lambda(self.cfg, total_steps)
+        )
         return sum(p.numel() for p in lm.parameters())
 
     def _inputs(self, td: TensorDict):
@@ -108,13 +135,22 @@ class StudentWorker:
             w = mask / global_tokens
         return (w * self.world_size).to(self.device)
 
-    def train_step(self, td: TensorDict, global_tokens: int, global_rows: int,
-                   objective: str | None = None, divergence: str | None = None) -> dict[str, float]:
+    def train_step(
+        self,
+        td: TensorDict,
+        global_tokens: int,
+        global_rows: int,
+        objective: str | None = None,
+        divergence: str | None = None,
+    ) -> dict[str, float]:
         """One optimizer step on this rank's rows, accumulated over micro-batches; objective
         and divergence replace the loss config's for this step (a schedule's stage)."""
         td = receive(B.check(td, B.scored_keys(td), "student.train_step"))
-        spec = dataclasses.replace(self.spec, objective=objective or self.spec.objective,
-                                   divergence=divergence or self.spec.divergence)
+        spec = dataclasses.replace(
+            self.spec,
+            objective=objective or self.spec.objective,
+            divergence=divergence or self.spec.divergence,
+        )
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
         loss_sum = div_sum = 0.0
@@ -125,14 +161,26 @@ class StudentWorker:
             elif B.TEACHER_HIDDEN in mb.keys():
                 teacher = {"hidden": mb[B.TEACHER_HIDDEN].to(self.device)}
             else:
-                teacher = {"topk_ids": mb[B.TEACHER_TOPK_IDS].to(self.device),
-                           "topk_logprobs": mb[B.TEACHER_TOPK_LOGPROBS].to(self.device)}
-            extras = {"targets": mb[B.RESPONSE_IDS].to(self.device),
-                      "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device)}
+                teacher = {
+                    "topk_ids": mb[B.TEACHER_TOPK_IDS].to(self.device),
+                    "topk_logprobs": mb[B.TEACHER_TOPK_LOGPROBS].to(self.device),
+                }
+            extras = {
+                "targets": mb[B.RESPONSE_IDS].to(self.device),
+                "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device),
+            }
             self.model.set_requires_gradient_sync(i == len(micro) - 1)
-            loss, div = self.model(ids, mask, pos, start, teacher,
-                                   self._weights(mb, global_tokens, global_rows), extras,
-                                   spec, self.loss_cfg.pg_discount)
+            loss, div = self.model(
+                ids,
+                mask,
+                pos,
+                start,
+                teacher,
+                self._weights(mb, global_tokens, global_rows),
+                extras,
+                spec,
+                self.loss_cfg.pg_discount,
+            )
             loss.backward()
             loss_sum += loss.item() / self.world_size
             div_sum += div / self.world_size
@@ -151,18 +199,21 @@ class StudentWorker:
     def _xt_teacher(self, td: TensorDict) -> dict[str, torch.Tensor]:
         """Cross-tokenizer teacher inputs; the micro-batch's teacher padding is trimmed."""
         width = max(1, int(td[B.XT_RESPONSE_MASK].sum(1).max()))
-        return {"xt_hidden": td[B.XT_HIDDEN][:, :width].to(self.device),
-                "xt_targets": td[B.XT_RESPONSE_IDS][:, :width].to(self.device),
-                "teacher_chunk": td[B.TEACHER_CHUNK][:, :width].to(self.device),
-                "student_chunk": td[B.STUDENT_CHUNK].to(self.device)}
+        return {
+            "xt_hidden": td[B.XT_HIDDEN][:, :width].to(self.device),
+            "xt_targets": td[B.XT_RESPONSE_IDS][:, :width].to(self.device),
+            "teacher_chunk": td[B.TEACHER_CHUNK][:, :width].to(self.device),
+            "student_chunk": td[B.STUDENT_CHUNK].to(self.device),
+        }
 
     @torch.no_grad()
     def xtok_stats(self, td: TensorDict) -> dict[str, torch.Tensor]:
         """Per aligned chunk metrics of this rank's rows (cross-tokenizer batches)."""
         self.model.eval()
         ids, mask, pos, start = self._inputs(td)
-        out = self.model.xtok_stats(ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device),
-                                    self._xt_teacher(td))
+        out = self.model.xtok_stats(
+            ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device), self._xt_teacher(td)
+        )
         return {k: v.cpu() for k, v in out.items()}
 
     def _clip(self) -> float:
@@ -172,15 +223,25 @@ class StudentWorker:
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     @torch.no_grad()
-    def token_stats(self, td: TensorDict, divergences: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    def token_stats(
+        self, td: TensorDict, divergences: tuple[str, ...] = ()
+    ) -> dict[str, torch.Tensor]:
         """Per-response-token stats of this rank's rows (flattened over response_mask)."""
         self.model.eval()
         td = receive(td)
         ids, mask, pos, start = self._inputs(td)
         keep = td[B.RESPONSE_MASK].to(self.device)
         th = td.get(B.TEACHER_HIDDEN, None)
-        out = self.model.stats(ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device), keep,
-                               th.to(self.device) if th is not None else None, divergences)
+        out = self.model.stats(
+            ids,
+            mask,
+            pos,
+            start,
+            td[B.RESPONSE_IDS].to(self.device),
+            keep,
+            th.to(self.device) if th is not None else None,
+            divergences,
+        )
         return {k: v.cpu() for k, v in out.items()}
 
     def _full_state_dict(self, on_gpu: bool = False) -> dict[str, torch.Tensor]:
@@ -203,8 +264,9 @@ class StudentWorker:
         from workers.weights import actor_gpu, gpu_identity, pack
 
         me = gpu_identity() if self.device.type == "cuda" and self.rank == 0 else None
-        same_gpu = [me is not None and ray.get(e.__ray_call__.remote(actor_gpu)) == me
-                    for e in engines]
+        same_gpu = [
+            me is not None and ray.get(e.__ray_call__.remote(actor_gpu)) == me for e in engines
+        ]
         state = self._full_state_dict(on_gpu=me is not None and all(same_gpu))
         if self.rank != 0:
             return 0
@@ -215,8 +277,12 @@ class StudentWorker:
 
         def send(items: list[tuple[str, torch.Tensor]]) -> None:
             keep_alive.extend(t for _, t in items)
-            ray.get([e.update_weights.remote([(n, pack(t, ipc)) for n, t in items])
-                     for e, ipc in zip(engines, same_gpu)])
+            ray.get(
+                [
+                    e.update_weights.remote([(n, pack(t, ipc)) for n, t in items])
+                    for e, ipc in zip(engines, same_gpu, strict=True)
+                ]
+            )
 
         # Every name goes, a tied lm_head too: without "lm_head.weight" vLLM CPU's layer-wise
         # reload keeps the old head (its log-probs then miss the student's by up to 0.4).
@@ -232,7 +298,7 @@ class StudentWorker:
             send(bucket)
             sent += size
         ray.get([e.flush.remote() for e in engines])
-        del keep_alive
+        keep_alive.clear()
         return sent
 
     def save_hf(self, path: str, student_dir: str) -> None:
@@ -255,8 +321,10 @@ class StudentWorker:
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=f"{path}/student")
-        torch.save({"scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()},
-                   f"{path}/student_extra_rank{self.rank}.pt")
+        torch.save(
+            {"scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()},
+            f"{path}/student_extra_rank{self.rank}.pt",
+        )
         dist.barrier()
 
     def load(self, path: str) -> None:
@@ -266,8 +334,12 @@ class StudentWorker:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=f"{path}/student")
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
         extra = torch.load(f"{path}/student_extra_rank{self.rank}.pt", weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])

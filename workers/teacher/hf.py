@@ -1,4 +1,5 @@
 """Teacher scoring with plain transformers: final hidden states of the response positions."""
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,9 @@ class HFTeacher:
         torch.set_num_threads(max(1, cfg.threads))
         self.dtype = DTYPES[cfg.dtype]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
+        lm = (
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
+        )
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
         self.decoder = lm.get_decoder()
@@ -31,8 +34,10 @@ class HFTeacher:
             compile_blocks(self.decoder)
         self.topk, self.micro = cfg.topk, cfg.micro_batch_size
         if self.topk:  # a teacher that sends top-k must apply its own head
-            self.head = OutputHead(lm.get_output_embeddings().weight.detach(),
-                                   HeadSpec.from_config(lm.config.to_dict()))
+            self.head = OutputHead(
+                lm.get_output_embeddings().weight.detach(),
+                HeadSpec.from_config(lm.config.to_dict()),
+            )
 
     @torch.no_grad()
     def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
@@ -46,11 +51,16 @@ class HFTeacher:
         ids, mask, pos = B.full_sequence(batch)
         rows, span = ids.shape[0], B.response_positions(batch)
         step = self.micro or rows
-        hidden = torch.cat([
-            self.decoder(input_ids=ids[i:i + step].to(self.device),
-                         attention_mask=mask[i:i + step].to(self.device),
-                         position_ids=pos[i:i + step].to(self.device)).last_hidden_state[:, span]
-            for i in range(0, rows, step)])
+        hidden = torch.cat(
+            [
+                self.decoder(
+                    input_ids=ids[i : i + step].to(self.device),
+                    attention_mask=mask[i : i + step].to(self.device),
+                    position_ids=pos[i : i + step].to(self.device),
+                ).last_hidden_state[:, span]
+                for i in range(0, rows, step)
+            ]
+        )
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
         if self.topk:

@@ -4,10 +4,11 @@ response positions, from token ids (never re-tokenized).
 On CPU this needs SGLANG_USE_CPU_ENGINE=1 and the shims of ondistill/compat/sglang_cpu (put on
 the path by scripts/setup.sh); on GPU SGLang's own CUDA kernels run and no shim is involved.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from tensordict import TensorDict
@@ -30,43 +31,63 @@ class SGLangTeacher:
         try:
             import sglang as sgl
         except ImportError as e:
-            raise RuntimeError("teacher.backend=sglang needs SGLang: run scripts/setup.sh (CPU) "
-                               "or pip install sglang (GPU).") from e
+            raise RuntimeError(
+                "teacher.backend=sglang needs SGLang: run scripts/setup.sh (CPU) "
+                "or pip install sglang (GPU)."
+            ) from e
         if cfg.topk:
             raise ValueError("teacher.topk is served by the hf teacher backend only for now.")
         torch.set_num_threads(max(1, cfg.threads))
         self.dtype = DTYPES[cfg.dtype]
-        device_args = {} if self.on_gpu else {
-            "device": "cpu", "attention_backend": "torch_native", "disable_cuda_graph": True,
-            "max_total_tokens": 16384}
+        device_args = (
+            {}
+            if self.on_gpu
+            else {
+                "device": "cpu",
+                "attention_backend": "torch_native",
+                "disable_cuda_graph": True,
+                "max_total_tokens": 16384,
+            }
+        )
         self.engine = sgl.Engine(
-            model_path=model_dir, dtype=cfg.dtype, mem_fraction_static=0.15 if not self.on_gpu
-            else 0.3, enable_return_hidden_states=True,
+            model_path=model_dir,
+            dtype=cfg.dtype,
+            mem_fraction_static=0.15 if not self.on_gpu else 0.3,
+            enable_return_hidden_states=True,
             chunked_prefill_size=-1,  # chunked prefill drops the hidden states of early chunks
-            disable_radix_cache=True, skip_server_warmup=True, log_level="warning",
+            disable_radix_cache=True,
+            skip_server_warmup=True,
+            log_level="warning",
             sleep_on_idle=True,  # an idle scheduler would otherwise spin a whole core
-            **device_args)
+            **device_args,
+        )
 
     @torch.no_grad()
     def score(self, batch: TensorDict) -> TensorDict:
         B.check(batch, B.ROLLOUT, "teacher.score")
         p_ids, p_mask = batch[B.PROMPT_IDS], batch[B.PROMPT_MASK]
         r_ids, r_mask = batch[B.RESPONSE_IDS], batch[B.RESPONSE_MASK]
-        seqs = [torch.cat([p[pm], r[rm]]).tolist() for p, pm, r, rm in zip(p_ids, p_mask, r_ids, r_mask)]
+        seqs = [
+            torch.cat([p[pm], r[rm]]).tolist()
+            for p, pm, r, rm in zip(p_ids, p_mask, r_ids, r_mask, strict=True)
+        ]
         # max_new_tokens=1: one forward pass whose hidden states cover every given position
-        outs = self.engine.generate(input_ids=seqs, sampling_params={"max_new_tokens": 1},
-                                    return_hidden_states=True)
+        outs = self.engine.generate(
+            input_ids=seqs, sampling_params={"max_new_tokens": 1}, return_hidden_states=True
+        )
         hidden = None
-        for row, (seq, out, pm, rm) in enumerate(zip(seqs, outs, p_mask, r_mask)):
+        for row, (seq, out, pm, rm) in enumerate(zip(seqs, outs, p_mask, r_mask, strict=True)):
             h = out["meta_info"]["hidden_states"][0]
             h = h if isinstance(h, torch.Tensor) else torch.tensor(h)
             if h.shape[0] != len(seq):
-                raise RuntimeError(f"SGLang returned {h.shape[0]} hidden states for {len(seq)} "
-                                   "tokens; keep chunked prefill off (chunked_prefill_size=-1).")
+                raise RuntimeError(
+                    f"SGLang returned {h.shape[0]} hidden states for {len(seq)} "
+                    "tokens; keep chunked prefill off (chunked_prefill_size=-1)."
+                )
             if hidden is None:
                 hidden = torch.zeros(*r_ids.shape, h.shape[-1], dtype=self.dtype)
             start, n = int(pm.sum()) - 1, int(rm.sum())
-            hidden[row, :n] = h[start:start + n].to(self.dtype)  # position t predicts token t+1
+            hidden[row, :n] = h[start : start + n].to(self.dtype)  # position t predicts token t+1
         batch.set(B.TEACHER_HIDDEN, hidden)
         return B.check(batch, B.SCORED, "teacher.score")
 

@@ -7,11 +7,11 @@ sees torchvision as absent, which it is (a CUDA torchvision would break this CPU
 Stub attributes are dummies that raise if called (sglang only touches them in
 vision-model code paths).
 """
+
 import enum
 import importlib.abc
 import importlib.machinery
 import sys
-import types
 
 
 class InterpolationMode(enum.Enum):
@@ -34,7 +34,9 @@ class _Dummy:
         return _Dummy(f"{self._name}.{item}")
 
     def __call__(self, *a, **k):
-        raise RuntimeError(f"torchvision stub: {self._name} unavailable (torchvision not installed)")
+        raise RuntimeError(
+            f"torchvision stub: {self._name} unavailable (torchvision not installed)"
+        )
 
     def __mro_entries__(self, bases):  # `class X(T.Something)` at import time
         return (object,)
@@ -50,6 +52,7 @@ def _mod_getattr(modname):
         if name == "InterpolationMode":
             return InterpolationMode
         return _Dummy(f"{modname}.{name}")
+
     return __getattr__
 
 
@@ -68,7 +71,10 @@ class _TorchvisionStubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader)
         if fullname == "torchvision":
             if not _caller_is_sglang():
                 return None
-        elif not (fullname.startswith("torchvision.") and getattr(sys.modules.get("torchvision"), "__ondistill_stub__", False)):
+        elif not (
+            fullname.startswith("torchvision.")
+            and getattr(sys.modules.get("torchvision"), "__ondistill_stub__", False)
+        ):
             return None
         return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
 
@@ -88,12 +94,14 @@ if not any(isinstance(f, _TorchvisionStubFinder) for f in sys.meta_path):
 
 
 # ---- optional post-import patch (off unless ONDISTILL_SGLANG_HIDDEN_TENSORS=1) ----
-import os as _os
+import os as _os  # noqa: E402  (the stub finder above must be installed first)
 
 _PATCHES = {}
 if _os.environ.get("ONDISTILL_SGLANG_HIDDEN_TENSORS") == "1":
     _PATCHES["sglang.srt.managers.scheduler_components.batch_result_processor"] = (
-        "ondistill_sglang_hidden", "patch")
+        "ondistill_sglang_hidden",
+        "patch",
+    )
 
 
 class _PostImportPatcher(importlib.abc.MetaPathFinder):
