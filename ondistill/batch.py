@@ -9,6 +9,9 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
   teacher_hidden   [B, R, H] teacher's final hidden state (post final norm) at the position
                    that PREDICTS response token r, i.e. sequence position P + r - 1
   prompt_index     [B] int64, which prompt of the step a row came from (N samples share one)
+  dataset_response_ids / dataset_response_mask  [B, R_d] the dataset's responses, RIGHT-padded,
+                   on the prompts of an off-policy step (what trainer.controller.DatasetRollout
+                   turns into the rollout)
   teacher_topk_ids / teacher_topk_logprobs  [B, R, k] int64 / float32: instead of
                    teacher_hidden, a teacher that can only send its top-k (teacher.topk > 0)
   teacher_hidden_ipc  (not a tensor) instead of teacher_hidden when the teacher and a
@@ -24,11 +27,17 @@ own way, R_t teacher response slots, P_t teacher prompt slots; see ondistill/xto
   student_chunk    [B, R] int64, aligned chunk of each student response token (-1: none)
   teacher_chunk    [B, R_t] int64, aligned chunk of each teacher response token (-1: none)
 
-Each stage boundary calls `check(td, STAGE_KEYS[stage], stage)` so a missing or malformed key
-fails with its name instead of as a shape error three calls later.
+What the teacher sent is one `Signal`, chosen by the teacher when it scores (`scored()`) and
+carried with the batch under `teacher_signal`; everything downstream asks `signal_of(td)` and
+finds that signal's keys in SCORED_KEYS, instead of guessing from the keys a batch holds.
+
+Each stage boundary calls `check(td, keys, stage)` so a missing or malformed key fails with its
+name instead of as a shape error three calls later.
 """
 
 from __future__ import annotations
+
+import enum
 
 import torch
 from tensordict import TensorDict
@@ -50,6 +59,8 @@ XT_RESPONSE_MASK = "xt_response_mask"
 XT_HIDDEN = "xt_hidden"
 STUDENT_CHUNK = "student_chunk"
 TEACHER_CHUNK = "teacher_chunk"
+DATASET_RESPONSE_IDS = "dataset_response_ids"
+DATASET_RESPONSE_MASK = "dataset_response_mask"
 
 _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     PROMPT_IDS: (torch.int64,),
@@ -68,6 +79,8 @@ _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     XT_HIDDEN: (torch.float32, torch.bfloat16, torch.float16),
     STUDENT_CHUNK: (torch.int64,),
     TEACHER_CHUNK: (torch.int64,),
+    DATASET_RESPONSE_IDS: (torch.int64,),
+    DATASET_RESPONSE_MASK: (torch.bool,),
 }
 _NDIM = {
     PROMPT_IDS: 2,
@@ -86,28 +99,62 @@ _NDIM = {
     XT_HIDDEN: 3,
     STUDENT_CHUNK: 2,
     TEACHER_CHUNK: 2,
+    DATASET_RESPONSE_IDS: 2,
+    DATASET_RESPONSE_MASK: 2,
 }
 
 PROMPTS = (PROMPT_IDS, PROMPT_MASK, PROMPT_INDEX)
 ROLLOUT = PROMPTS + (RESPONSE_IDS, RESPONSE_MASK, ROLLOUT_LOGPROBS)
-SCORED = ROLLOUT + (TEACHER_HIDDEN,)
-SCORED_TOPK = ROLLOUT + (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)
-SCORED_IPC = ROLLOUT + (TEACHER_HIDDEN_IPC,)
 XT_PROMPTS = (XT_PROMPT_IDS, XT_PROMPT_MASK)
-SCORED_XT = ROLLOUT + (XT_RESPONSE_IDS, XT_RESPONSE_MASK, XT_HIDDEN, STUDENT_CHUNK, TEACHER_CHUNK)
+DATASET_RESPONSES = (DATASET_RESPONSE_IDS, DATASET_RESPONSE_MASK)
+SIGNAL = "teacher_signal"
 
 
-def scored_keys(td: TensorDict) -> tuple[str, ...]:
-    """The scored schema this batch claims: top-k, cross-tokenizer, or hidden states."""
-    if TEACHER_TOPK_IDS in td.keys():
-        return SCORED_TOPK
-    if TEACHER_HIDDEN_IPC in td.keys():
-        return SCORED_IPC
-    return SCORED_XT if XT_HIDDEN in td.keys() else SCORED
+class Signal(enum.Enum):
+    """The kind of teacher signal a scored batch carries."""
+
+    HIDDEN = "hidden"  # final hidden states (TEACHER_HIDDEN); the student applies the head
+    HIDDEN_IPC = "hidden_ipc"  # the same, left on the teacher's GPU (TEACHER_HIDDEN_IPC)
+    TOPK = "topk"  # the teacher's top-k ids and log-probs (TEACHER_TOPK_*)
+    ALIGNED = "aligned"  # another tokenizer: hidden states in its own tokens + the alignment
+
+
+SCORED_KEYS: dict[Signal, tuple[str, ...]] = {
+    Signal.HIDDEN: ROLLOUT + (TEACHER_HIDDEN,),
+    Signal.HIDDEN_IPC: ROLLOUT + (TEACHER_HIDDEN_IPC,),
+    Signal.TOPK: ROLLOUT + (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS),
+    Signal.ALIGNED: ROLLOUT
+    + (XT_RESPONSE_IDS, XT_RESPONSE_MASK, XT_HIDDEN, STUDENT_CHUNK, TEACHER_CHUNK),
+}
 
 
 class BatchError(ValueError):
     pass
+
+
+def scored(td: TensorDict, signal: Signal, stage: str) -> TensorDict:
+    """Mark td as carrying `signal` and check it holds that signal's keys (the teacher's exit)."""
+    td.set_non_tensor(SIGNAL, signal.value)
+    return check(td, SCORED_KEYS[signal], stage)
+
+
+def signal_of(td: TensorDict) -> Signal:
+    if SIGNAL not in td.keys():
+        raise BatchError(
+            f"batch has no '{SIGNAL}' (has {sorted(td.keys())}); a teacher must "
+            "score it (batch.scored) before the student can train on it."
+        )
+    return Signal(td.get_non_tensor(SIGNAL))
+
+
+def teacher_keys(signal: Signal) -> tuple[str, ...]:
+    """The keys a teacher adds to the rollout for `signal`."""
+    return SCORED_KEYS[signal][len(ROLLOUT) :]
+
+
+def check_scored(td: TensorDict, stage: str) -> TensorDict:
+    """check() against the keys of the signal the batch says it carries."""
+    return check(td, SCORED_KEYS[signal_of(td)], stage)
 
 
 def check(td: TensorDict, keys: tuple[str, ...], stage: str) -> TensorDict:

@@ -10,10 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ondistill.divergences import DIVERGENCES
+import torch
+
+from ondistill.divergences import DIVERGENCES, DivergenceParams
+from ondistill.losses import OBJECTIVES, ObjectiveSpec
 from ondistill.xtok import METHODS as CROSS_TOKENIZER_METHODS
+from workers.engines import ROLLOUT_BACKENDS, TEACHER_BACKENDS
 
 BUILTIN_TEACHER = "builtin:smollm2-135m-instruct"
+
+
+# The dtype names the config accepts, for every role.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ConfigError(ValueError):
@@ -62,6 +70,13 @@ class RolloutConfig:
     compile: bool | None = None
 
 
+def sampling_seed(seed: int, call: int) -> int:
+    """The sampling seed of the call-th generation of a run seeded with `seed` (the controller
+    passes its update number): a function of both, so a resumed run samples what the
+    uninterrupted one would have, and the one formula every engine uses."""
+    return seed * 1_000_003 + call
+
+
 @dataclass
 class TeacherConfig:
     backend: str = "hf"  # hf | sglang
@@ -94,15 +109,16 @@ class StudentConfig:
 class LossConfig:
     # divergence | policy_gradient (MiniLLM-style on-policy RKL) | sft (ce_coef x cross-entropy
     # only: plain fine-tuning, the baseline)
-    objective: str = "divergence"
-    divergence: str = "reverse_kl"  # see ondistill/divergences/
-    jsd_beta: float = 0.5  # jsd: 0 is forward KL, 1 reverse KL
-    skew_alpha: float = 0.1  # skew_forward_kl / skew_reverse_kl
-    akl_mu: float = 0.5  # adaptive_kl: teacher head mass
-    temperature: float = 1.0
-    ce_coef: float = 0.0  # + ce_coef x cross-entropy on the response tokens
+    # The math's defaults are its own (ObjectiveSpec, DivergenceParams), read here, not restated.
+    objective: str = ObjectiveSpec.objective
+    divergence: str = ObjectiveSpec.divergence  # see ondistill/divergences/
+    jsd_beta: float = DivergenceParams.beta  # jsd: 0 is forward KL, 1 reverse KL
+    skew_alpha: float = DivergenceParams.alpha  # skew_forward_kl / skew_reverse_kl
+    akl_mu: float = DivergenceParams.mu  # adaptive_kl: teacher head mass
+    temperature: float = ObjectiveSpec.temperature
+    ce_coef: float = ObjectiveSpec.ce_coef  # + ce_coef x cross-entropy on the response tokens
     pg_discount: float = 0.0  # policy_gradient: gamma of the future-reward sum (0: per token)
-    pg_clip: float = 0.2  # policy_gradient: PPO clip of the importance ratio
+    pg_clip: float = ObjectiveSpec.pg_clip  # policy_gradient: PPO clip of the importance ratio
     # token: mean over all response tokens of the batch; sequence: mean of per-sequence means
     reduction: str = "token"
     chunk_size: int = 512  # tokens per chunk: extra memory is O(chunk_size x vocab)
@@ -203,12 +219,12 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "rollout.backend": ("auto", "hf", "vllm"),
-    "teacher.backend": ("hf", "sglang"),
-    "teacher.dtype": ("float32", "bfloat16", "float16"),
+    "rollout.backend": ("auto", *ROLLOUT_BACKENDS),
+    "teacher.backend": tuple(TEACHER_BACKENDS),
+    "teacher.dtype": tuple(DTYPES),
     "student.schedule": ("cosine", "linear", "constant"),
     "student.param_dtype": ("float32", "bfloat16"),
-    "loss.objective": ("divergence", "policy_gradient", "sft"),
+    "loss.objective": tuple(OBJECTIVES),
     "loss.cross_tokenizer": CROSS_TOKENIZER_METHODS,
     "loss.divergence": tuple(DIVERGENCES),
     "loss.reduction": ("token", "sequence"),

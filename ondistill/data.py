@@ -229,20 +229,29 @@ def pad_rows(
     return ids, mask
 
 
-def collate_prompts(examples: list[Example], pad_id: int, teacher_pad_id: int = 0) -> TensorDict:
+def collate_prompts(
+    examples: list[Example], pad_id: int, teacher_pad_id: int = 0, responses: bool = False
+) -> TensorDict:
     """Left-pad prompts into PROMPT_IDS / PROMPT_MASK / PROMPT_INDEX (and XT_PROMPT_IDS /
-    XT_PROMPT_MASK when the examples carry the teacher's own prompt tokens)."""
+    XT_PROMPT_MASK when the examples carry the teacher's own prompt tokens); responses: also
+    the examples' dataset responses, right-padded (DATASET_RESPONSE_IDS / _MASK)."""
     ids, mask = pad_rows([e.prompt_ids for e in examples], pad_id, left=True)
     td = TensorDict(
         {B.PROMPT_IDS: ids, B.PROMPT_MASK: mask, B.PROMPT_INDEX: torch.arange(len(examples))},
         batch_size=[len(examples)],
     )
     if examples[0].teacher_prompt_ids is not None:
-        t_ids, t_mask = pad_rows(
-            [e.teacher_prompt_ids for e in examples], teacher_pad_id, left=True
-        )
+        t_rows = [e.teacher_prompt_ids or [] for e in examples]
+        t_ids, t_mask = pad_rows(t_rows, teacher_pad_id, left=True)
         td.set(B.XT_PROMPT_IDS, t_ids)
         td.set(B.XT_PROMPT_MASK, t_mask)
+    if responses:
+        rows = [e.response_ids for e in examples]
+        if any(r is None for r in rows):
+            raise ValueError("an off-policy step needs every prompt's dataset response")
+        r_ids, r_mask = pad_rows([r or [] for r in rows], pad_id)
+        td.set(B.DATASET_RESPONSE_IDS, r_ids)
+        td.set(B.DATASET_RESPONSE_MASK, r_mask)
     return td
 
 

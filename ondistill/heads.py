@@ -54,7 +54,7 @@ def load_output_head(model_dir: str | Path, dtype: torch.dtype = torch.float32) 
     tied = config.get(
         "tie_word_embeddings", (config.get("text_config") or {}).get("tie_word_embeddings", False)
     )
-    wanted = ("lm_head.weight",) if not tied else ()
+    wanted: tuple[str, ...] = ("lm_head.weight",) if not tied else ()
     wanted += (
         "model.embed_tokens.weight",
         "model.language_model.embed_tokens.weight",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,17 +28,51 @@ import torch.nn.functional as F
 from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec, OutputHead
 
+if TYPE_CHECKING:
+    from ondistill.config import LossConfig
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """What to compute per token. `extras` keys used: targets, rollout_logprobs, advantages."""
+    """What to compute per token. `extras` keys used: targets, rollout_logprobs, advantages.
+    These defaults are the config's (LossConfig reads them from here)."""
 
-    objective: str = "divergence"  # divergence | policy_gradient | sft | (cross-tokenizer ones)
-    divergence: str = "reverse_kl"
+    objective: str = "divergence"  # a key of OBJECTIVES
+    divergence: str = "reverse_kl"  # a key of DIVERGENCES
     params: DivergenceParams = field(default_factory=DivergenceParams)
     temperature: float = 1.0
     ce_coef: float = 0.0
     pg_clip: float = 0.2
+
+    @classmethod
+    def from_config(
+        cls, loss: LossConfig, objective: str | None = None, divergence: str | None = None
+    ) -> ObjectiveSpec:
+        """The loss config's spec; objective and divergence replace its own when given (the
+        schedule's stage sets them)."""
+        return cls(
+            objective=objective or loss.objective,
+            divergence=divergence or loss.divergence,
+            params=DivergenceParams(beta=loss.jsd_beta, alpha=loss.skew_alpha, mu=loss.akl_mu),
+            temperature=loss.temperature,
+            ce_coef=loss.ce_coef,
+            pg_clip=loss.pg_clip,
+        )
+
+
+class TeacherSide(Protocol):
+    """The teacher as chunked_loss walks it: per chunk of positions, whatever its `views` turn
+    into (student view, teacher view), both [c, K]."""
+
+    @property
+    def spec(self) -> HeadSpec | None: ...
+
+    def chunk(self, i: int, j: int) -> dict[str, torch.Tensor]: ...
+
+    @staticmethod
+    def views(
+        z_s: torch.Tensor, chunk: dict[str, torch.Tensor], temperature: float, spec: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class HiddenTeacher:
@@ -133,13 +168,14 @@ def chunk_objective(
     spec: ObjectiveSpec,
     s_spec: HeadSpec,
     t_spec: HeadSpec | None,
+    objective: Objective,
 ):
     """One chunk's weighted objective from the student's raw logits z_raw [c, V]; returns
     (loss, weighted divergence sum). Pure, so it can be differentiated with
     torch.func and compiled whole: the softmaxes, divergence and gradient fuse."""
     z_s = s_spec.apply(z_raw.float()) / spec.temperature
     s_view, t_view = views(z_s, t_chunk, spec.temperature, t_spec)
-    base = OBJECTIVES[spec.objective](s_view, t_view, z_s, extras, spec)
+    base = objective(s_view, t_view, z_s, extras, spec)
     per_token = base
     if spec.ce_coef:
         ce = -F.log_softmax(z_s, -1).gather(-1, extras["targets"][:, None]).squeeze(-1)
@@ -207,6 +243,7 @@ def _step_fn(
     s_spec: HeadSpec,
     t_spec: HeadSpec | None,
     logits: int,
+    objective: Objective,
 ) -> Callable:
     """(z_raw, t_chunk, weights, extras) -> (grad wrt z_raw, (loss, divergence)) for chunks of
     up to `logits` entries. fuse=auto takes the Triton KL kernel on CUDA where it applies; otherwise
@@ -217,14 +254,20 @@ def _step_fn(
     if fuse not in FUSE:
         raise ValueError(f"fuse={fuse!r}; choose one of {FUSE}")
     cuda = device.type == "cuda"
-    if fuse == "auto" and cuda and _kernel_applies(views, spec, s_spec, t_spec):
+    builtin = objective is OBJECTIVES.get(spec.objective)
+    if fuse == "auto" and cuda and builtin and _kernel_applies(views, spec, s_spec, t_spec):
         return functools.partial(_kl_kernel_step, spec=spec)
     cpu_eager = not cuda and (logits < CPU_COMPILE_MIN_LOGITS or not _has_cxx())
     mode = "none" if fuse == "none" or (fuse == "auto" and cpu_eager) else "compile"
-    key = (mode, cuda, views, spec, s_spec, t_spec)
+    key = (mode, cuda, views, spec, s_spec, t_spec, objective)
     if key not in _steps:
         fn = functools.partial(
-            _value_and_grad, views=views, spec=spec, s_spec=s_spec, t_spec=t_spec
+            _value_and_grad,
+            views=views,
+            spec=spec,
+            s_spec=s_spec,
+            t_spec=t_spec,
+            objective=objective,
         )
         # The last chunk of a batch is shorter. CUDA keeps static shapes (a Triton kernel per
         # row count); on CPU one dynamic compile serves every row count at the same speed.
@@ -247,11 +290,12 @@ class _Chunked(torch.autograd.Function):
         teacher,
         weights,
         extras,
-        spec: ObjectiveSpec,  # type: ignore[override]
+        spec: ObjectiveSpec,
         s_spec: HeadSpec,
         chunk: int,
         stats: dict,
         fuse: str,
+        objective: Objective,
     ):
         # Matmuls run in the weights' dtype (bf16 on GPU, fp32 on CPU); softmax, divergence
         # and gradients are float32; the head gradient accumulates in the weights' dtype.
@@ -267,6 +311,7 @@ class _Chunked(torch.autograd.Function):
             s_spec,
             teacher.spec,
             min(chunk, s_hidden.shape[0]) * w_s.shape[0],
+            objective,
         )
         total = torch.zeros((), dtype=torch.float32, device=s_hidden.device)
         div_sum = torch.zeros_like(total)
@@ -286,26 +331,21 @@ class _Chunked(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
+        # none for teacher, weights, extras, spec, s_spec, chunk, stats, fuse, objective
+        no_grad = [None] * 9
         return (
             (grad_h * grad_out).to(ctx.dtypes[0]),
             (grad_w * grad_out).to(ctx.dtypes[1]),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *no_grad,
         )
 
 
 def chunked_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    teacher: HiddenTeacher | TopKTeacher,
+    teacher: TeacherSide,
     weights: torch.Tensor,
     spec: ObjectiveSpec | None = None,
     extras: dict[str, torch.Tensor] | None = None,
@@ -313,6 +353,7 @@ def chunked_loss(
     student_spec: HeadSpec | None = None,
     stats: dict | None = None,
     fuse: str = "auto",
+    objective: Objective | None = None,
 ) -> torch.Tensor:
     """sum_n weights[n] * objective_n, differentiable in student_hidden [N, H_s] and
     student_weight [V, H_s]. weights [N] (0 on padding; 1/num_tokens gives the token mean).
@@ -320,7 +361,8 @@ def chunked_loss(
     stats, if given, receives the weighted divergence sum under "divergence". fuse: auto runs
     each chunk's softmax/divergence/gradient as the Triton KL kernel where it applies (CUDA),
     else as one torch.compile'd function (on CPU for large chunks only); compile always the
-    latter; none eager."""
+    latter; none eager. objective: a per-token function of the `Objective` signature instead of
+    the registered OBJECTIVES[spec.objective] (the cross-tokenizer methods bring their own)."""
     spec = spec or ObjectiveSpec()
     if spec.divergence not in DIVERGENCES:
         raise KeyError(f"unknown divergence {spec.divergence!r}; registered: {sorted(DIVERGENCES)}")
@@ -343,6 +385,7 @@ def chunked_loss(
         chunk_size,
         stats if stats is not None else {},
         fuse,
+        objective or OBJECTIVES[spec.objective],
     )
 
 
@@ -402,7 +445,7 @@ def chunked_token_stats(
         tgt = targets[i : i + chunk_size].unsqueeze(-1)
         z_s = spec.apply(student_hidden[i : i + chunk_size].float() @ student_weight.float().T)
         out["student_logprob"].append(torch.log_softmax(z_s, -1).gather(-1, tgt).squeeze(-1))
-        if teacher_head is None:
+        if teacher_head is None or teacher_hidden is None:
             continue
         z_t = teacher_head.logits(teacher_hidden[i : i + chunk_size])
         out["teacher_logprob"].append(torch.log_softmax(z_t, -1).gather(-1, tgt).squeeze(-1))

@@ -46,7 +46,7 @@ def main(dcfg: DictConfig) -> None:
     from ondistill.data import DataError
     from trainer.run import run
 
-    cfg: Config = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    cfg: Config = OmegaConf.to_object(dcfg)
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     out_dir = Path(cfg.trainer.output_dir) if cfg.trainer.output_dir else hydra_dir
     try:

@@ -1,6 +1,9 @@
-"""KD loss from hidden states: ours (chunked) vs naive (full [tokens, vocab] logits), same
-inputs, same run. Reports time (forward + backward), extra peak memory, and the floor set by
-the four output-head matmuls (student fwd, teacher fwd, grad wrt hidden, grad wrt head).
+"""KD loss from hidden states: ours (chunked) vs naive (full [tokens, vocab] logits) vs
+liger-kernel's fused linear JSD (a maintained library that also starts from both hidden
+states and heads; its beta 0 / 1 are the two KLs), same inputs, same run. Reports time
+(forward + backward), extra peak memory, and the floor set by the four output-head matmuls
+(student fwd, teacher fwd, grad wrt hidden, grad wrt head). The liger column needs CUDA and
+`liger_kernel` importable; without it the column is left out.
 
     .venv/bin/python scripts/bench_loss.py --device cpu --tokens 2048 --hidden 2048
     python scripts/bench_loss.py --device cuda --tokens 4096 8192 16384 --hidden 2048 4096 \
@@ -28,6 +31,20 @@ def naive_loss(hs, ws, ht, wt, weights, divergence):
 
     zs, zt = (hs @ ws.T).float(), (ht @ wt.T).float()
     return (DIVERGENCES[divergence](zs, zt, DivergenceParams()) * weights).sum()
+
+
+def liger_loss(hs, ws, ht, wt, divergence, chunk):
+    """liger-kernel's fused linear generalized JSD at the beta that is `divergence`, or None
+    where it is not available. Which beta is which KL is checked against the naive loss."""
+    if hs.device.type != "cuda" or divergence not in ("forward_kl", "reverse_kl"):
+        return None
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_jsd
+    except ImportError:
+        return None
+    # liger: beta=0 -> KL(teacher || student) (forward), beta=1 -> KL(student || teacher)
+    beta = 0.0 if divergence == "forward_kl" else 1.0
+    return liger_fused_linear_jsd(hs, ws, ht, wt, None, beta, -100, 1.0)
 
 
 def timed(fn, device, reps):
@@ -81,11 +98,19 @@ def bench(n, h, v, device, dtype, chunk, divergence, reps, fuse):
         hs.grad = ws.grad = None
         naive_loss(hs, ws, ht, wt, weights, divergence).backward()
 
+    def liger():
+        hs.grad = ws.grad = None
+        liger_loss(hs, ws, ht, wt, divergence, chunk).backward()
+
+    has_liger = liger_loss(hs, ws, ht, wt, divergence, chunk) is not None
+
     def floor():  # the head matmuls alone, at the same dtype
         zs, zt = hs.detach() @ ws.detach().T, ht @ wt.T
         zs @ ws.detach(), zt.T @ hs.detach()
 
-    for fn in (ours, naive, floor):  # warm-up
+    contenders = [("ours", ours), ("naive", naive), ("floor", floor)]
+    contenders += [("liger", liger)] if has_liger else []
+    for _, fn in contenders:  # warm-up
         fn()
     base = torch.cuda.memory_allocated() if device == "cuda" else 0
     out = {
@@ -102,14 +127,21 @@ def bench(n, h, v, device, dtype, chunk, divergence, reps, fuse):
     a = chunked_loss(hs, ws, HiddenTeacher(ht, head), weights, spec, chunk_size=chunk, fuse=fuse)
     b = naive_loss(hs, ws, ht, wt, weights, divergence)
     out["abs_diff_loss"] = abs(a.item() - b.item())
+    if has_liger:
+        out["liger_abs_diff_loss"] = abs(
+            liger_loss(hs, ws, ht, wt, divergence, chunk).item() - b.item()
+        )
     del a, b
-    for name, fn in (("ours", ours), ("naive", naive), ("floor", floor)):
+    for name, fn in contenders:
         out[f"{name}_s"] = timed(fn, device, reps)
         out[f"{name}_peak_extra_bytes"] = peak_extra(fn, device, base)
     flops = 8 * n * h * v
     out["head_tflop"] = flops / 1e12
     out["ours_over_floor"] = out["ours_s"] / out["floor_s"]
     out["ours_over_naive_time"] = out["ours_s"] / out["naive_s"]
+    if has_liger:
+        out["ours_over_liger_time"] = out["ours_s"] / out["liger_s"]
+        out["ours_over_liger_memory"] = out["ours_peak_extra_bytes"] / out["liger_peak_extra_bytes"]
     if device == "cuda":
         out["ours_over_naive_memory"] = out["ours_peak_extra_bytes"] / out["naive_peak_extra_bytes"]
         out["floor_tflops"] = flops / out["floor_s"] / 1e12

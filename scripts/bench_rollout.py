@@ -30,7 +30,7 @@ def main() -> None:
 
     from ondistill.config import DataConfig, ModelConfig, RolloutConfig
     from ondistill.data import PromptSet, collate_prompts
-    from ondistill.models import derive_student, resolve
+    from ondistill.model_files import derive_student, resolve
     from workers.rollout.hf import HFRollout
     from workers.rollout.vllm import VLLMRollout
 

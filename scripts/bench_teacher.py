@@ -37,7 +37,7 @@ def main() -> None:
     from ondistill.config import TeacherConfig
     from ondistill.data import Example, collate_prompts, collate_responses
     from ondistill.heads import load_output_head
-    from ondistill.models import resolve
+    from ondistill.model_files import resolve
     from workers.teacher.hf import HFTeacher
     from workers.teacher.sglang import SGLangTeacher
 

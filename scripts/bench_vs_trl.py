@@ -247,7 +247,7 @@ def prepare_rows(args: argparse.Namespace, work: Path) -> tuple[dict[str, str], 
 
     from ondistill.config import DataConfig, ModelConfig
     from ondistill.data import BUILTIN_PROMPTS, PromptSet
-    from ondistill.models import derive_student, resolve
+    from ondistill.model_files import derive_student, resolve
 
     mc = ModelConfig()
     teacher = resolve(mc.teacher, mc.cache_dir)

@@ -63,7 +63,7 @@ TEMPLATES = [
 def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ondistill.models import resolve
+    from ondistill.model_files import resolve
 
     prompts = [t.format(t=topic) for topic, t in itertools.product(TOPICS, TEMPLATES)]
     random.Random(0).shuffle(prompts)

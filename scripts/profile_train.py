@@ -18,7 +18,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import LossConfig, StudentConfig
-from workers.student.fsdp import StudentWorker
+from workers.student.actor import StudentWorker
 
 
 def main() -> None:
@@ -90,7 +90,7 @@ def time_in_actor(a: argparse.Namespace, cfg: StudentConfig, td: TensorDict) -> 
     """The same steps in a Ray actor (its own process, as workers/group.py places it)."""
     import ray
 
-    from workers.group import init_ray
+    from workers.ray_env import init_ray
 
     init_ray(num_cpus=8)
     actor = ray.remote(num_cpus=1)(StudentWorker).remote(0, 1, cfg, LossConfig(chunk_size=a.chunk))

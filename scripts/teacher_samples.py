@@ -21,7 +21,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ondistill.data import BUILTIN_PROMPTS
-    from ondistill.models import resolve
+    from ondistill.model_files import resolve
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="builtin:gemma3-270m")

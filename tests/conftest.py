@@ -20,7 +20,7 @@ CACHE = os.environ.get("ONDISTILL_CACHE", "~/.cache/ondistill")
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    from ondistill.models import resolve
+    from ondistill.model_files import resolve
 
     return resolve("builtin:smollm2-135m-instruct", CACHE)
 
@@ -28,7 +28,7 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def gemma_dir() -> Path:
     """Gemma-3-270M converted once to safetensors (the real cross-tokenizer teacher)."""
-    from ondistill.models import resolve
+    from ondistill.model_files import resolve
 
     return resolve("builtin:gemma3-270m", CACHE)
 
@@ -91,7 +91,7 @@ def tiny_dirs(tmp_path_factory, smollm2_dir) -> tuple[Path, Path]:
     weights are scaled up so its next-token distributions are far from uniform."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ondistill.models import derive_student
+    from ondistill.model_files import derive_student
 
     root = tmp_path_factory.mktemp("tiny")
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
@@ -140,7 +140,7 @@ def prompts_file(tmp_path_factory) -> Path:
 def ray_local():
     import ray
 
-    from workers.group import init_ray
+    from workers.ray_env import init_ray
 
     init_ray(num_cpus=8)
     yield

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from ondistill import batch as B
 from ondistill.config import Config, ConfigError, DataConfig, validate
 from ondistill.data import DataError, PromptSet
-from ondistill.models import resolve
+from ondistill.model_files import resolve
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ def test_malformed_model_config_is_one_sentence(tmp_path):
 
 
 def test_keep_layers_out_of_range_before_weights_load(tmp_path, tiny_dirs):
-    from ondistill.models import derive_student
+    from ondistill.model_files import derive_student
 
     source = _weightless_copy(tiny_dirs[0], tmp_path / "teacher")  # 4 layers, no weights
     with pytest.raises(

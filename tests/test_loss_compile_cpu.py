@@ -8,7 +8,7 @@ import torch
 import ondistill.losses as L
 from ondistill.heads import HeadSpec, OutputHead
 from ondistill.losses import HiddenTeacher, ObjectiveSpec, TopKTeacher, chunked_loss
-from ondistill.xtok.losses import cross_tokenizer_loss
+from ondistill.xtok.losses import AlignedPair, cross_tokenizer_loss
 from ondistill.xtok.vocab import SharedVocab
 
 N, H, V = 37, 8, 300  # chunk 16: chunks of 16, 16 and 5 rows
@@ -54,17 +54,12 @@ def _xtok(method, divergence):
         s_tgt = torch.randint(0, V, (1, N), generator=g)
         t_tgt = torch.randint(0, V // 2, (1, 29), generator=g)
         weights = torch.full((1, N), 1.0 / N)
+        pair = AlignedPair(
+            hs.reshape(1, N, H), ws, HeadSpec(), s_tgt, s_chunk, t_h, t_head, t_tgt, t_chunk
+        )
         return cross_tokenizer_loss(
             method,
-            hs.reshape(1, N, H),
-            ws,
-            HeadSpec(),
-            s_tgt,
-            s_chunk,
-            t_h,
-            t_head,
-            t_tgt,
-            t_chunk,
+            pair,
             weights,
             ObjectiveSpec(divergence=divergence),
             shared,

@@ -6,7 +6,12 @@ import torch
 from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec, OutputHead
 from ondistill.losses import ObjectiveSpec
-from ondistill.xtok.losses import aligned_stats, binary_logprobs, cross_tokenizer_loss
+from ondistill.xtok.losses import (
+    AlignedPair,
+    aligned_stats,
+    binary_logprobs,
+    cross_tokenizer_loss,
+)
 from ondistill.xtok.vocab import SharedVocab
 
 V_S, V_T, H_S, H_T = 11, 17, 6, 5
@@ -116,17 +121,10 @@ def test_objective_matches_reference(method, div, chunk_size):
     s_h.requires_grad_(), s_w.requires_grad_()
     head = OutputHead(t_w, HeadSpec(scale=0.7))
     stats = {}
+    pair = AlignedPair(s_h, s_w, HeadSpec(), s_tgt, S_CHUNK, t_h, head, t_tgt, T_CHUNK)
     loss = cross_tokenizer_loss(
         method,
-        s_h,
-        s_w,
-        HeadSpec(),
-        s_tgt,
-        S_CHUNK,
-        t_h,
-        head,
-        t_tgt,
-        T_CHUNK,
+        pair,
         weights,
         ObjectiveSpec(divergence=div),
         SHARED,
@@ -153,17 +151,10 @@ def test_ce_term_and_sft():
         ce_ref = -(
             torch.log_softmax(s_h @ s_w.T, -1).gather(-1, s_tgt[..., None])[..., 0] * weights
         ).sum()
+        pair = AlignedPair(s_h, s_w, HeadSpec(), s_tgt, S_CHUNK, t_h, head, t_tgt, T_CHUNK)
         loss = cross_tokenizer_loss(
             method,
-            s_h,
-            s_w,
-            HeadSpec(),
-            s_tgt,
-            S_CHUNK,
-            t_h,
-            head,
-            t_tgt,
-            T_CHUNK,
+            pair,
             weights,
             spec,
             SHARED,
@@ -202,7 +193,8 @@ def test_binary_logprobs_are_finite_and_normalised():
 def test_aligned_stats_match_the_losses():
     s_h, s_w, t_h, t_w, s_tgt, t_tgt, weights = _inputs(2)
     head = OutputHead(t_w, HeadSpec())
-    st = aligned_stats(s_h, s_w, HeadSpec(), s_tgt, S_CHUNK, t_h, head, t_tgt, T_CHUNK, SHARED, 2)
+    pair = AlignedPair(s_h, s_w, HeadSpec(), s_tgt, S_CHUNK, t_h, head, t_tgt, T_CHUNK)
+    st = aligned_stats(pair, SHARED, 2)
     ones = torch.ones_like(weights)
     for key, method, div in [
         ("exact_reverse_kl", "exact", "reverse_kl"),

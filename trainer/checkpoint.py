@@ -26,8 +26,8 @@ def complete_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under root, oldest first (temporary directories never match)."""
     if not root.exists():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
+    steps = {p: m for p in root.iterdir() if p.is_dir() and (m := PATTERN.match(p.name))}
+    return sorted(steps, key=lambda p: int(steps[p].group(1)))
 
 
 def latest(root: Path) -> Path | None:

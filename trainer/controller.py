@@ -10,13 +10,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import Stage, TrainerConfig, stage_at
-from ondistill.data import PromptSet, collate_prompts, collate_responses
+from ondistill.config import Stage, TrainerConfig, sampling_seed, stage_at
+from ondistill.data import PromptSet, collate_prompts
+
+if TYPE_CHECKING:  # Ray stays out of the controller's imports
+    from ondistill.xtok.teacher import CrossTokenizerTeacher
+    from workers.group import RolloutGroup, StudentGroup, TeacherGroup
 
 
 @contextmanager
@@ -27,26 +32,44 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 class DatasetRollout:
-    """The degenerate rollout of off-policy KD: one dataset response per prompt (truncated to
-    max_new_tokens). There is no rollout policy, so its logprobs are zeros."""
+    """The degenerate rollout of off-policy KD: each prompt's dataset response (carried on the
+    prompts, B.DATASET_RESPONSES), truncated to max_new_tokens. It has no policy, so its
+    logprobs are zeros; seed and greedy mean nothing to it."""
 
-    def __init__(self, pad_id: int, max_new_tokens: int):
-        self.pad_id, self.max_new_tokens = pad_id, max_new_tokens
+    def __init__(self, max_new_tokens: int):
+        self.max_new_tokens = max_new_tokens
 
-    def generate(self, prompts: TensorDict, responses: list[list[int]]) -> TensorDict:
-        td = collate_responses(prompts.clone(), responses, self.pad_id, self.max_new_tokens)
+    def generate(
+        self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
+    ) -> TensorDict:
+        B.check(prompts, B.PROMPTS + B.DATASET_RESPONSES, "dataset rollout")
+        width = max(1, min(self.max_new_tokens, int(prompts[B.DATASET_RESPONSE_MASK].sum(1).max())))
+        td = prompts.exclude(*B.DATASET_RESPONSES)
+        td.set(B.RESPONSE_IDS, prompts[B.DATASET_RESPONSE_IDS][:, :width])
+        td.set(B.RESPONSE_MASK, prompts[B.DATASET_RESPONSE_MASK][:, :width])
         td.set(B.ROLLOUT_LOGPROBS, torch.zeros(td[B.RESPONSE_IDS].shape))
         return B.check(td, B.ROLLOUT, "dataset rollout")
+
+    def sleep(self) -> None:
+        pass  # holds nothing
+
+
+class Generator(Protocol):
+    def generate(
+        self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
+    ) -> TensorDict: ...
+
+    def sleep(self) -> None: ...
 
 
 @dataclass
 class Controller:
     cfg: TrainerConfig
     prompts: PromptSet
-    rollout: object  # workers.group.RolloutGroup
+    rollout: RolloutGroup
     dataset: DatasetRollout
-    teacher: object  # workers.group.TeacherGroup
-    student: object  # workers.group.StudentGroup
+    teacher: TeacherGroup | CrossTokenizerTeacher
+    student: StudentGroup
     stages: list[Stage]  # config.schedule(): the on-policy share and objective per update
     sync_every: int = 1
 
@@ -76,28 +99,30 @@ class Controller:
         self.rng.setstate(_tupled(state["rng"]))
         self.prompts.load_state(state["data"])
 
-    def draw(self, update: int) -> tuple[list, TensorDict, bool, int]:
-        """The examples, collated prompts, on/off-policy coin and sampling seed of `update`.
-        The seed is a function of the update, so a resumed run samples what the uninterrupted
-        run would have."""
+    def draw(self, update: int) -> tuple[TensorDict, bool, int]:
+        """The collated prompts (with their dataset responses when off-policy), on/off-policy
+        coin and sampling seed of `update`."""
         examples = self.prompts.next_examples(self.cfg.prompts_per_step)
-        prompts = collate_prompts(examples, self.prompts.pad_id, self.prompts.teacher_pad_id)
         on_policy = self.rng.random() < stage_at(self.stages, update).on_policy_fraction
-        return examples, prompts, on_policy, self.cfg.seed * 1_000_003 + update
+        prompts = collate_prompts(
+            examples, self.prompts.pad_id, self.prompts.teacher_pad_id, responses=not on_policy
+        )
+        return prompts, on_policy, sampling_seed(self.cfg.seed, update)
+
+    def generator(self, on_policy: bool) -> Generator:
+        return self.rollout if on_policy else self.dataset
 
     def step(self) -> dict[str, float]:
         timings: dict[str, float] = {}
-        examples, prompts, on_policy, seed = self.draw(self.updates)
+        prompts, on_policy, seed = self.draw(self.updates)
         with timed(timings, "sync"):
             if on_policy:
                 self.sync(self.sync_every)
         lag = self.updates - self.synced if on_policy else 0  # updates the sampler is behind
         with timed(timings, "generate"):
-            if on_policy:
-                batch = self.rollout.generate(prompts, seed=seed)
-                self.rollout.sleep()  # on a shared GPU: room for the teacher and student
-            else:
-                batch = self.dataset.generate(prompts, [e.response_ids for e in examples])
+            engine = self.generator(on_policy)
+            batch = engine.generate(prompts, seed=seed)
+            engine.sleep()  # on a shared GPU: room for the teacher and student
         return self.score_and_train(batch, timings, on_policy, lag)
 
     def score_and_train(

@@ -8,7 +8,34 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tensordict import TensorDict
+
+from ondistill import batch as B
 from ondistill.config import LogConfig
+
+
+def student_step_metrics(ranks: list[dict[str, float]], batch: TensorDict) -> dict[str, float]:
+    """One train step's metrics from every student rank's own (loss and divergence are each
+    rank's share of the global mean, so they add up) and from what the teacher sent."""
+    first = ranks[0]
+    metrics = {
+        "loss": sum(r["loss"] for r in ranks),
+        "kl": sum(r["kl"] for r in ranks),
+        "grad_norm": first["grad_norm"],  # already global (clip_grad_norm_ over the mesh)
+        "lr": first["lr"],
+        "response_tokens": int(batch[B.RESPONSE_MASK].sum()),
+    }
+    if "alloc_retries" in first:
+        metrics["alloc_retries"] = first["alloc_retries"]
+    signal = B.signal_of(batch)
+    if signal is B.Signal.ALIGNED:
+        from ondistill.xtok.translate import aligned_fraction
+
+        metrics["aligned_fraction"] = aligned_fraction(batch)
+    elif signal is B.Signal.TOPK:
+        mass = batch[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[batch[B.RESPONSE_MASK]]
+        metrics["teacher_topk_mass"] = float(mass.mean())
+    return metrics
 
 
 class MetricsLogger:
@@ -35,8 +62,9 @@ class MetricsLogger:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
+            mode: Any = cfg.wandb  # offline | online (validate() checked it)
             self.wandb = wandb.init(
-                project=cfg.wandb_project, mode=cfg.wandb, config=config, dir=str(out_dir)
+                project=cfg.wandb_project, mode=mode, config=config, dir=str(out_dir)
             )
         self.bar = None
         if cfg.progress:

@@ -36,14 +36,13 @@ class OverlapController(Controller):
     def _launch(self, update: int) -> Pending:
         """Draw the prompts of `update` and start its generation."""
         before = Controller.state(self)
-        examples, prompts, on_policy, seed = self.draw(update)
+        prompts, on_policy, seed = self.draw(update)
         if on_policy:
             self.sync(self.sync_every)
             return Pending(
                 self.rollout.submit(prompts, seed=seed), True, update - self.synced, before
             )
-        responses = [e.response_ids for e in examples]
-        return Pending(lambda: self.dataset.generate(prompts, responses), False, 0, before)
+        return Pending(lambda: self.dataset.generate(prompts), False, 0, before)
 
     def step(self) -> dict[str, float]:
         timings: dict[str, float] = {}

@@ -12,12 +12,11 @@ import dataclasses
 import importlib.util
 import json
 import time
-from functools import partial
 from pathlib import Path
 
 from ondistill.config import Config, ConfigError, Placement, schedule, validate
 from ondistill.data import PromptSet
-from ondistill.models import derive_student, resolve
+from ondistill.model_files import derive_student, resolve
 
 SAMPLES = "samples.jsonl"  # every held-out answer of every evaluation, one row per prompt
 
@@ -138,7 +137,8 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     """Train; returns {"before": eval metrics, "after": eval metrics}."""
     import ray
 
-    from workers.group import check_resources, init_ray
+    from workers.group import check_resources
+    from workers.ray_env import init_ray
 
     teacher_dir, student_dir, prompts = prepare(cfg, out_dir)
     backend = pick_rollout_backend(cfg.rollout.backend)
@@ -199,24 +199,23 @@ class Session:
         prompts: PromptSet,
         backend: str,
     ):
+        from ondistill.xtok.evaluate import CrossTokenizerEvaluator
+        from ondistill.xtok.teacher import CrossTokenizerTeacher
+        from ondistill.xtok.translate import Translator
         from trainer.controller import Controller, DatasetRollout
-        from trainer.evaluate import CrossTokenizerEvaluator, Evaluator
+        from trainer.evaluate import Evaluator
         from trainer.overlap import OverlapController
         from workers.group import RolloutGroup, StudentGroup, TeacherGroup, node_of
 
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
         start = time.perf_counter()
         self.rollout = RolloutGroup(backend, str(student_dir), cfg.rollout, cfg.ray.rollout)
-        self.teacher = TeacherGroup(
-            cfg.teacher.backend, str(teacher_dir), cfg.teacher, cfg.ray.teacher
-        )
+        group = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher, cfg.ray.teacher)
+        self.teacher: TeacherGroup | CrossTokenizerTeacher = group
         translator = None
         if prompts.teacher_tokenizer is not None:  # cross-tokenizer: the teacher reads text
-            from ondistill.xtok.translate import Translator
-            from workers.group import CrossTokenizerTeacher
-
             translator = Translator(prompts.tokenizer, prompts.teacher_tokenizer)
-            self.teacher = CrossTokenizerTeacher(self.teacher, translator)
+            self.teacher = CrossTokenizerTeacher(group, translator)
         self.student = StudentGroup(
             cfg.student,
             cfg.loss,
@@ -225,7 +224,7 @@ class Session:
             cfg.trainer.steps,
             cfg.ray.student,
         )
-        if translator is None and self.teacher.share_gpu_with(self.student):
+        if translator is None and group.share_gpu_with(self.student):
             print(
                 "[ondistill] teacher hidden states reach the student through CUDA IPC (same GPU)",
                 flush=True,
@@ -234,36 +233,28 @@ class Session:
             "[ondistill] placement (Ray node ids): rollout "
             + node_of(self.rollout.actor)
             + " teacher "
-            + node_of(self.teacher.actor)
+            + node_of(group.actor)
             + " student "
             + ",".join(node_of(a) for a in self.student.actors),
             flush=True,
         )
-        self.evaluator = None
+        self.evaluator: Evaluator | None = None
         if cfg.data.eval_size:
             # The teacher's own samples, drawn once by a short-lived engine that asks for
             # nothing, so it never waits for the resources the long-lived roles hold.
             sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout, Placement(cpus=0))
-            kind = (
-                Evaluator
-                if translator is None
-                else partial(CrossTokenizerEvaluator, translator=translator)
-            )
-            self.evaluator = kind(
-                prompts,
-                cfg.trainer.prompts_per_step,
-                self.rollout,
-                self.teacher,
-                self.student,
-                sampler,
-            )
+            args = (prompts, cfg.trainer.prompts_per_step, self.rollout, self.teacher, self.student)
+            if translator is None:
+                self.evaluator = Evaluator(*args, sampler)
+            else:
+                self.evaluator = CrossTokenizerEvaluator(*args, sampler, translator)
             sampler.kill()
         kind = OverlapController if cfg.trainer.overlap else Controller
         self.controller = kind(
             cfg.trainer,
             prompts,
             self.rollout,
-            DatasetRollout(prompts.pad_id, cfg.rollout.max_new_tokens),
+            DatasetRollout(cfg.rollout.max_new_tokens),
             self.teacher,
             self.student,
             schedule(cfg),
@@ -297,7 +288,7 @@ class Session:
         if self.evaluator and "before" not in results:
             results["before"] = self._evaluate(logger, 0, "before")
         start = time.perf_counter()
-        floor = 0.5 * getattr(self.evaluator, "expected_alignment", 0.0)
+        floor = 0.5 * self.evaluator.expected_alignment if self.evaluator else 0.0
         while step < tr.steps:
             step += 1
             metrics = self.controller.step()
@@ -331,6 +322,7 @@ class Session:
 
     def _evaluate(self, logger, step: int, phase: str) -> dict[str, float]:
         """Held-out metrics, logged; every answer appended to samples.jsonl under `phase`."""
+        assert self.evaluator is not None  # called only when data.eval_size > 0
         metrics = self.evaluator.run()
         logger.log(step, metrics)
         with (self.out_dir / SAMPLES).open("w" if phase == "before" else "a") as f:
@@ -412,12 +404,12 @@ def summary(
         if (out_dir / SAMPLES).exists()
         else []
     )
-    before = {r["prompt"]: r for r in rows if r["phase"] == "before"}
-    for r in [r for r in rows if r["phase"] == "after" and r["prompt"] in before][:shown]:
+    first = {r["prompt"]: r for r in rows if r["phase"] == "before"}
+    for r in [r for r in rows if r["phase"] == "after" and r["prompt"] in first][:shown]:
         lines.append(f"\nprompt:  {r['prompt']}")
         for who, text in (
             ("teacher", r["teacher_greedy"]),
-            ("before", before[r["prompt"]]["student_greedy"]),
+            ("before", first[r["prompt"]]["student_greedy"]),
             ("after", r["student_greedy"]),
         ):
             lines.append(f"  {who + ':':<9}{_one_line(text)}")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import nn
 
 
 def wants_compile(setting: bool | None, device: torch.device) -> bool:
@@ -13,7 +14,7 @@ def wants_compile(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if setting is None else setting
 
 
-def compile_blocks(decoder: nn.Module) -> None:
+def compile_blocks(decoder: Any) -> None:  # a transformers decoder (has .layers)
     """Compile each decoder block's forward in place, as torchtitan does before FSDP2.
 
     The bound forward is compiled rather than the module, so FSDP2's hooks (all-gather,

@@ -1,41 +1,63 @@
-"""Engine interfaces and the by-name registry.
+"""Engine interfaces and the by-name registry, the one list of backends the config accepts.
 
-Backends are imported lazily from their own files, so choosing `hf` never imports vLLM or
-SGLang, and `import workers` imports neither.
+The registry holds import paths, not classes: backends are imported when chosen, so choosing
+`hf` never imports vLLM or SGLang, and validating a config imports neither. Each backend file
+ends with a type-checker assertion that its class satisfies its protocol.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from tensordict import TensorDict
 
 
 class RolloutEngine(Protocol):
+    """Runs inside a rollout actor: samples responses with the student's current weights."""
+
     def generate(
         self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
     ) -> TensorDict:
         """PROMPTS keys -> ROLLOUT keys; each prompt repeated n_samples times, rows grouped by
         prompt (row i*n..i*n+n-1 come from prompt i). A given seed makes sampling repeatable;
-        None continues the engine's own seeded sequence. greedy: one temperature-0 answer per
-        prompt (evaluation)."""
+        None continues the engine's own seeded sequence (config.sampling_seed). greedy: one
+        temperature-0 answer per prompt (evaluation)."""
+        ...
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load a bucket of (HF parameter name, full tensor) into the running engine."""
+        ...
 
     def flush(self) -> None:
         """Called after the last bucket of a weight push: drop caches built on old weights."""
+        ...
+
+    def sleep(self) -> None:
+        """Free accelerator memory until the next generate (no-op where there is none)."""
+        ...
 
 
 class TeacherEngine(Protocol):
-    def score(self, batch: TensorDict) -> TensorDict:
-        """ROLLOUT keys -> SCORED keys (adds TEACHER_HIDDEN [B, R, H])."""
+    """Runs inside a teacher actor: scores rollout batches."""
+
+    # score(share=True) can leave the hidden states on its GPU for a student there (CUDA IPC)
+    shares_gpu: ClassVar[bool]
+
+    def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
+        """ROLLOUT keys -> batch.scored(batch, signal): the keys of the signal it sends.
+        share (only where shares_gpu): send Signal.HIDDEN_IPC instead of the tensor."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load (HF parameter name, full tensor) pairs in place (self-distillation)."""
+        ...
 
     def shutdown(self) -> None:
         """Stop engine processes of its own before the actor is killed."""
+        ...
 
 
 ROLLOUT_BACKENDS = {

@@ -54,8 +54,8 @@ def unpack(item: Packed) -> torch.Tensor:
 
 def receive(td: TensorDict) -> TensorDict:
     """Map a B.TEACHER_HIDDEN_IPC handle to B.TEACHER_HIDDEN on this process's GPU (in place)."""
-    if B.TEACHER_HIDDEN_IPC in td.keys():
+    if B.SIGNAL in td.keys() and B.signal_of(td) is B.Signal.HIDDEN_IPC:
         td.set(B.TEACHER_HIDDEN, unpack(td.get_non_tensor(B.TEACHER_HIDDEN_IPC)))
         del td[B.TEACHER_HIDDEN_IPC]
-        B.check(td, B.SCORED, "receive teacher hidden states")
+        B.scored(td, B.Signal.HIDDEN, "receive teacher hidden states")
     return td

@@ -20,15 +20,59 @@ positions at a time, so no [tokens, teacher vocab] tensor exists for the whole b
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from tensordict import TensorDict
 
-from ondistill.divergences import DIVERGENCES
+from ondistill import batch as B
+from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec, OutputHead
-from ondistill.losses import OBJECTIVES, ObjectiveSpec, chunked_loss, chunked_token_stats, with_tail
+from ondistill.losses import ObjectiveSpec, chunked_loss, chunked_token_stats, with_tail
 from ondistill.xtok.vocab import SharedVocab
+
+
+@dataclass(frozen=True)
+class AlignedPair:
+    """One micro-batch of cross-tokenizer KD: each side's final hidden states at its own
+    response positions, its head, its next tokens, and each token's aligned chunk (-1: none)."""
+
+    s_hidden: torch.Tensor  # [b, R_s, H_s]
+    s_weight: torch.Tensor  # [V_s, H_s] the student's head
+    s_spec: HeadSpec
+    s_targets: torch.Tensor  # [b, R_s]
+    s_chunk: torch.Tensor  # [b, R_s]
+    t_hidden: torch.Tensor  # [b, R_t, H_t]
+    t_head: OutputHead
+    t_targets: torch.Tensor  # [b, R_t]
+    t_chunk: torch.Tensor  # [b, R_t]
+
+    @classmethod
+    def of(
+        cls,
+        s_hidden: torch.Tensor,
+        s_weight: torch.Tensor,
+        s_spec: HeadSpec,
+        s_targets: torch.Tensor,
+        teacher: dict[str, torch.Tensor],
+        t_head: OutputHead,
+    ) -> AlignedPair:
+        """The student's side plus the teacher's tensors under their batch keys (Signal.ALIGNED)."""
+        return cls(
+            s_hidden, s_weight, s_spec, s_targets, teacher[B.STUDENT_CHUNK],
+            teacher[B.XT_HIDDEN], t_head, teacher[B.XT_RESPONSE_IDS], teacher[B.TEACHER_CHUNK],
+        )  # fmt: skip
+
+
+def trim_teacher_padding(td: TensorDict) -> TensorDict:
+    """The batch with its teacher-side slots cut to the longest teacher response in it (a
+    micro-batch of short answers need not carry the whole batch's teacher padding)."""
+    width = max(1, int(td[B.XT_RESPONSE_MASK].sum(1).max()))
+    out = td.clone(False)
+    for key in (B.XT_HIDDEN, B.XT_RESPONSE_IDS, B.XT_RESPONSE_MASK, B.TEACHER_CHUNK):
+        out.set(key, td[key][:, :width])
+    return out
 
 
 def _teacher_logits(chunk: dict, temperature: float, spec: HeadSpec) -> torch.Tensor:
@@ -98,9 +142,6 @@ def _token_logprob(s_view, t_view, z_s, extras, spec: ObjectiveSpec) -> torch.Te
     return F.log_softmax(z_s, -1).gather(-1, extras["targets"][:, None]).squeeze(-1)
 
 
-OBJECTIVES.update({"uld": _uld, "token_logprob": _token_logprob})
-
-
 def chunk_starts(chunk_ids: torch.Tensor) -> torch.Tensor:
     """[b, R] chunk index per token -> [b, R] bool, True on the first token of each chunk."""
     prev = F.pad(chunk_ids[:, :-1], (1, 0), value=-1)
@@ -122,23 +163,15 @@ def binary_logprobs(logp: torch.Tensor) -> torch.Tensor:
 
 
 def _span_loss(
-    s_hidden,
-    s_weight,
-    s_spec,
-    s_targets,
-    s_chunk,
-    t_hidden,
-    t_head,
-    t_targets,
-    t_chunk,
-    weights,
-    spec: ObjectiveSpec,
-    chunk_size: int,
-    stats: dict,
-):
+    x: AlignedPair, weights: torch.Tensor, spec: ObjectiveSpec, chunk_size: int, stats: dict
+) -> torch.Tensor:
     """ALM in two passes: no-grad per-token log-probs give each chunk's log p on both sides and
     the loss's gradient g_k w.r.t. the student's; then one chunked pass through the student head
     with per-token weights g_k(i) carries exactly that gradient into the student."""
+    s_hidden, s_weight, s_spec, s_targets, s_chunk = (
+        x.s_hidden, x.s_weight, x.s_spec, x.s_targets, x.s_chunk
+    )  # fmt: skip
+    t_hidden, t_head, t_targets, t_chunk = x.t_hidden, x.t_head, x.t_targets, x.t_chunk
     s_glob, t_glob = _global_chunks(s_chunk), _global_chunks(t_chunk)
     keep_s, keep_t = s_glob >= 0, t_glob >= 0
     num = int(chunk_starts(s_chunk).sum())
@@ -172,11 +205,12 @@ def _span_loss(
         s_weight,
         NoTeacher(),
         coef,
-        replace(spec, objective="token_logprob", ce_coef=0.0),
+        replace(spec, ce_coef=0.0),
         {"targets": s_targets[keep_s]},
         chunk_size,
         s_spec,
         inner,
+        objective=_token_logprob,
     )
     stats["divergence"] = float(value)
     return surrogate - surrogate.detach() + value.detach()
@@ -184,15 +218,7 @@ def _span_loss(
 
 def cross_tokenizer_loss(
     method: str,
-    s_hidden: torch.Tensor,
-    s_weight: torch.Tensor,
-    s_spec: HeadSpec,
-    s_targets: torch.Tensor,
-    s_chunk: torch.Tensor,
-    t_hidden: torch.Tensor,
-    t_head: OutputHead,
-    t_targets: torch.Tensor,
-    t_chunk: torch.Tensor,
+    x: AlignedPair,
     weights: torch.Tensor,
     spec: ObjectiveSpec,
     shared: SharedVocab | None,
@@ -200,12 +226,15 @@ def cross_tokenizer_loss(
     stats: dict | None = None,
 ) -> torch.Tensor:
     """sum over aligned chunks of weight x per-chunk objective (+ ce_coef x cross-entropy on
-    every response token with weight > 0); differentiable in s_hidden and s_weight.
+    every response token with weight > 0); differentiable in x.s_hidden and x.s_weight.
 
-    s_hidden [b, R_s, H_s], s_targets / s_chunk / weights [b, R_s] (weights: the per-token loss
-    weights; a chunk takes its first student token's); t_hidden [b, R_t, H_t], t_targets /
-    t_chunk [b, R_t]. stats receives the weighted objective sum under "divergence"."""
+    weights [b, R_s]: the per-token loss weights; a chunk takes its first student token's.
+    stats receives the weighted objective sum under "divergence"."""
     stats = stats if stats is not None else {}
+    s_hidden, s_weight, s_spec, s_targets, s_chunk = (
+        x.s_hidden, x.s_weight, x.s_spec, x.s_targets, x.s_chunk
+    )  # fmt: skip
+    t_hidden, t_head, t_chunk = x.t_hidden, x.t_head, x.t_chunk
     s_start, t_start = chunk_starts(s_chunk), chunk_starts(t_chunk)
     if int(s_start.sum()) != int(t_start.sum()):
         raise ValueError(
@@ -216,38 +245,24 @@ def cross_tokenizer_loss(
     if method == "sft" or spec.objective == "sft":
         loss, stats["divergence"] = zero, 0.0
     elif method == "span":
-        loss = _span_loss(
-            s_hidden,
-            s_weight,
-            s_spec,
-            s_targets,
-            s_chunk,
-            t_hidden,
-            t_head,
-            t_targets,
-            t_chunk,
-            weights,
-            spec,
-            chunk_size,
-            stats,
-        )
+        loss = _span_loss(x, weights, spec, chunk_size, stats)
     else:
         teacher = (
             SharedVocabTeacher(t_hidden[t_start], t_head, shared)
             if method == "exact"
             else SortedTeacher(t_hidden[t_start], t_head)
         )
-        obj = replace(spec, objective="divergence" if method == "exact" else "uld", ce_coef=0.0)
         loss = chunked_loss(
             s_hidden[s_start],
             s_weight,
             teacher,
             weights[s_start],
-            obj,
+            replace(spec, objective="divergence", ce_coef=0.0),
             {"targets": s_targets[s_start]},
             chunk_size,
             s_spec,
             stats,
+            objective=None if method == "exact" else _uld,
         )
     if spec.ce_coef:  # cross-entropy on every response token, as in the same-vocabulary path
         keep = weights != 0
@@ -268,22 +283,14 @@ def cross_tokenizer_loss(
 
 @torch.no_grad()
 def aligned_stats(
-    s_hidden,
-    s_weight,
-    s_spec: HeadSpec,
-    s_targets,
-    s_chunk,
-    t_hidden,
-    t_head: OutputHead,
-    t_targets,
-    t_chunk,
-    shared: SharedVocab,
-    chunk_size: int = 512,
+    x: AlignedPair, shared: SharedVocab, chunk_size: int = 512
 ) -> dict[str, torch.Tensor]:
     """Per-chunk held-out metrics [K] at temperature 1: exact-span forward and reverse KL on the
     shared vocabulary (+ tail), ULD distance, and the chunk log-probs of both sides."""
-    from ondistill.divergences import DivergenceParams
-
+    s_hidden, s_weight, s_spec, s_targets, s_chunk = (
+        x.s_hidden, x.s_weight, x.s_spec, x.s_targets, x.s_chunk
+    )  # fmt: skip
+    t_hidden, t_head, t_targets, t_chunk = x.t_hidden, x.t_head, x.t_targets, x.t_chunk
     s_start, t_start = chunk_starts(s_chunk), chunk_starts(t_chunk)
     hs, ht = s_hidden[s_start], t_hidden[t_start]
     out: dict[str, list[torch.Tensor]] = {"exact_forward_kl": [], "exact_reverse_kl": [], "uld": []}

@@ -76,7 +76,7 @@ class Translator:
         out.set(B.XT_HIDDEN, scored[B.TEACHER_HIDDEN])
         out.set(B.STUDENT_CHUNK, s_chunk)
         out.set(B.TEACHER_CHUNK, t_chunk)
-        return B.check(out, B.SCORED_XT, "cross-tokenizer teacher")
+        return B.scored(out, B.Signal.ALIGNED, "cross-tokenizer teacher")
 
     def from_teacher(self, sampled: TensorDict, prompts: TensorDict, n: int) -> TensorDict:
         """The teacher's own samples (in its tokens) -> a student ROLLOUT batch of the same text:

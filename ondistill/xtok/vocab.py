@@ -127,3 +127,12 @@ def end_of_turn_id(tokenizer) -> int:
             if i in special:
                 return i
     return tokenizer.eos_token_id
+
+
+def shared_vocab_of(student_tokenizer, teacher_tokenizer) -> SharedVocab:
+    """The shared vocabulary of two tokenizers, their end-of-turn tokens paired."""
+    return shared_vocab(
+        token_bytes(student_tokenizer),
+        token_bytes(teacher_tokenizer),
+        (end_of_turn_id(student_tokenizer), end_of_turn_id(teacher_tokenizer)),
+    )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import RolloutConfig
+from ondistill.config import RolloutConfig, sampling_seed
 
 
 def response_mask(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
@@ -74,7 +75,7 @@ class HFRollout:
         B.check(prompts, B.PROMPTS, "rollout.generate")
         td = prompts.repeat_interleave(1 if greedy else self.cfg.n_samples, dim=0)  # by prompt
         if seed is None:
-            seed, self.calls = self.cfg.seed * 1_000_003 + self.calls, self.calls + 1
+            seed, self.calls = sampling_seed(self.cfg.seed, self.calls), self.calls + 1
         torch.manual_seed(seed)
         out = self.model.generate(
             input_ids=td[B.PROMPT_IDS].to(self.device),
@@ -104,3 +105,9 @@ class HFRollout:
 
     def sleep(self) -> None:
         pass  # holds no memory beyond its weights
+
+
+if TYPE_CHECKING:
+    from workers.engines import RolloutEngine
+
+    _: type[RolloutEngine] = HFRollout

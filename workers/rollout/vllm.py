@@ -12,12 +12,13 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import RolloutConfig
+from ondistill.config import RolloutConfig, sampling_seed
 
 
 class VLLMRollout:
@@ -64,7 +65,7 @@ class VLLMRollout:
         self.wake()
         n = 1 if greedy else self.cfg.n_samples
         if seed is None:
-            seed, self.calls = self.cfg.seed * 1_000_003 + self.calls * 10_007, self.calls + 1
+            seed, self.calls = sampling_seed(self.cfg.seed, self.calls), self.calls + 1
         token_lists = [
             ids[m].tolist()
             for ids, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK], strict=True)
@@ -132,3 +133,9 @@ class VLLMRollout:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+
+if TYPE_CHECKING:
+    from workers.engines import RolloutEngine
+
+    _: type[RolloutEngine] = VLLMRollout

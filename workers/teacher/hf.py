@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import TeacherConfig
+from ondistill.config import DTYPES, TeacherConfig
 from ondistill.heads import HeadSpec, OutputHead
 from workers.compile import compile_blocks, wants_compile
-from workers.weights import pack
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from workers.weights import pack, unpack
 
 
 class HFTeacher:
-    shares_gpu = True  # score(share=True): see TeacherGroup.share_gpu_with
+    shares_gpu: ClassVar[bool] = True  # score(share=True): see TeacherGroup.share_gpu_with
     shared: torch.Tensor | None = None  # hidden states a student is mapping (IPC)
 
     def __init__(self, model_dir: str, cfg: TeacherConfig):
@@ -29,7 +30,7 @@ class HFTeacher:
         )
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
-        self.decoder = lm.get_decoder()
+        self.lm, self.decoder = lm, lm.get_decoder()
         if wants_compile(cfg.compile, self.device):
             compile_blocks(self.decoder)
         self.topk, self.micro = cfg.topk, cfg.micro_batch_size
@@ -63,19 +64,37 @@ class HFTeacher:
         )
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
-        if self.topk:
+        signal = B.Signal.TOPK if self.topk else B.Signal.HIDDEN_IPC if share else B.Signal.HIDDEN
+        if signal is B.Signal.TOPK:
             top = torch.log_softmax(self.head.logits(hidden.flatten(0, 1)), -1).topk(self.topk, -1)
             shape = (*hidden.shape[:2], self.topk)
             batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape).cpu())
             batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape).cpu())
-            return B.check(batch, B.SCORED_TOPK, "teacher.score")
-        if share:
+        elif signal is B.Signal.HIDDEN_IPC:
             self.shared = hidden
             torch.cuda.synchronize()  # the student reads it on another process's stream
             batch.set_non_tensor(B.TEACHER_HIDDEN_IPC, pack(hidden, ipc=True))
-            return B.check(batch, B.SCORED_IPC, "teacher.score")
-        batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
-        return B.check(batch, B.SCORED, "teacher.score")
+        else:
+            batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
+        return B.scored(batch, signal, "teacher.score")
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load (HF parameter name, tensor) pairs in place: a teacher that follows a student."""
+        params = dict(self.lm.named_parameters())
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(
+                    f"the teacher has no parameter {name!r}; a weight update must "
+                    "come from a model of the teacher's architecture."
+                )
+            params[name].copy_(unpack(tensor))
 
     def shutdown(self) -> None:
         pass  # nothing runs outside this process
+
+
+if TYPE_CHECKING:
+    from workers.engines import TeacherEngine
+
+    _: type[TeacherEngine] = HFTeacher

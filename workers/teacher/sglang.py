@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import TeacherConfig
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ondistill.config import DTYPES, TeacherConfig
 
 
 class SGLangTeacher:
+    shares_gpu: ClassVar[bool] = (
+        False  # its scheduler process owns the tensors (the SGLang-on-GPU issue)
+    )
+
     def __init__(self, model_dir: str, cfg: TeacherConfig):
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
@@ -63,7 +66,7 @@ class SGLangTeacher:
         )
 
     @torch.no_grad()
-    def score(self, batch: TensorDict) -> TensorDict:
+    def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
         B.check(batch, B.ROLLOUT, "teacher.score")
         p_ids, p_mask = batch[B.PROMPT_IDS], batch[B.PROMPT_MASK]
         r_ids, r_mask = batch[B.RESPONSE_IDS], batch[B.RESPONSE_MASK]
@@ -89,7 +92,7 @@ class SGLangTeacher:
             start, n = int(pm.sum()) - 1, int(rm.sum())
             hidden[row, :n] = h[start : start + n].to(self.dtype)  # position t predicts token t+1
         batch.set(B.TEACHER_HIDDEN, hidden)
-        return B.check(batch, B.SCORED, "teacher.score")
+        return B.scored(batch, B.Signal.HIDDEN, "teacher.score")
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Self-distillation: load new teacher weights (HF names) in place."""
@@ -103,3 +106,9 @@ class SGLangTeacher:
         # SGLang's shutdown kills every child process of its host process: host this class in
         # a process of its own (a Ray actor, as TeacherGroup does), never in a Ray driver.
         self.engine.shutdown()
+
+
+if TYPE_CHECKING:
+    from workers.engines import TeacherEngine
+
+    _: type[TeacherEngine] = SGLangTeacher

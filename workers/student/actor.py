@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import socket
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import LossConfig, StudentConfig
-from ondistill.divergences import DivergenceParams
+from ondistill.config import DTYPES, LossConfig, StudentConfig
 from ondistill.heads import load_output_head
 from ondistill.losses import ObjectiveSpec
+from ondistill.xtok.losses import trim_teacher_padding
 from workers.compile import wants_compile
-from workers.student.model import KDModel, parallelize
+from workers.student.kd_model import KDModel, parallelize
 from workers.weights import receive
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def lr_lambda(cfg: StudentConfig, total_steps: int):
@@ -41,14 +39,6 @@ def lr_lambda(cfg: StudentConfig, total_steps: int):
 class StudentWorker:
     def __init__(self, rank: int, world_size: int, cfg: StudentConfig, loss: LossConfig):
         self.rank, self.world_size, self.cfg, self.loss_cfg = rank, world_size, cfg, loss
-        self.spec = ObjectiveSpec(
-            objective=loss.objective,
-            divergence=loss.divergence,
-            temperature=loss.temperature,
-            params=DivergenceParams(beta=loss.jsd_beta, alpha=loss.skew_alpha, mu=loss.akl_mu),
-            ce_coef=loss.ce_coef,
-            pg_clip=loss.pg_clip,
-        )
         torch.set_num_threads(max(1, cfg.threads))
 
     def address(self) -> tuple[str, int]:
@@ -90,12 +80,10 @@ class StudentWorker:
         if self.loss_cfg.cross_tokenizer != "none" and teacher_dir:
             from transformers import AutoTokenizer
 
-            from ondistill.xtok.translate import Translator
+            from ondistill.xtok.vocab import shared_vocab_of
 
-            shared = Translator(
-                AutoTokenizer.from_pretrained(student_dir),
-                AutoTokenizer.from_pretrained(teacher_dir),
-            ).shared()
+            tokenizers = (AutoTokenizer.from_pretrained(d) for d in (student_dir, teacher_dir))
+            shared = shared_vocab_of(*tokenizers)
         kd = KDModel(
             lm.to(self.device),
             head,
@@ -103,7 +91,7 @@ class StudentWorker:
             self.loss_cfg.cross_tokenizer,
             shared,
         )
-        self.model = parallelize(
+        self.model: Any = parallelize(  # KDModel, made an FSDPModule by fully_shard
             kd, mesh, DTYPES[self.cfg.param_dtype], wants_compile(self.cfg.compile, self.device)
         )
         # CPU: the fused kernel makes one pass over the parameters instead of ~10 (measured
@@ -145,26 +133,14 @@ class StudentWorker:
     ) -> dict[str, float]:
         """One optimizer step on this rank's rows, accumulated over micro-batches; objective
         and divergence replace the loss config's for this step (a schedule's stage)."""
-        td = receive(B.check(td, B.scored_keys(td), "student.train_step"))
-        spec = dataclasses.replace(
-            self.spec,
-            objective=objective or self.spec.objective,
-            divergence=divergence or self.spec.divergence,
-        )
+        td = receive(B.check_scored(td, "student.train_step"))
+        spec = ObjectiveSpec.from_config(self.loss_cfg, objective, divergence)
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
         loss_sum = div_sum = 0.0
         for i, mb in enumerate(micro):
             ids, mask, pos, start = self._inputs(mb)
-            if B.XT_HIDDEN in mb.keys():
-                teacher = self._xt_teacher(mb)
-            elif B.TEACHER_HIDDEN in mb.keys():
-                teacher = {"hidden": mb[B.TEACHER_HIDDEN].to(self.device)}
-            else:
-                teacher = {
-                    "topk_ids": mb[B.TEACHER_TOPK_IDS].to(self.device),
-                    "topk_logprobs": mb[B.TEACHER_TOPK_LOGPROBS].to(self.device),
-                }
+            signal, teacher = self._teacher(mb)
             extras = {
                 "targets": mb[B.RESPONSE_IDS].to(self.device),
                 "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device),
@@ -175,6 +151,7 @@ class StudentWorker:
                 mask,
                 pos,
                 start,
+                signal,
                 teacher,
                 self._weights(mb, global_tokens, global_rows),
                 extras,
@@ -185,7 +162,7 @@ class StudentWorker:
             loss_sum += loss.item() / self.world_size
             div_sum += div / self.world_size
         grad_norm = self._clip()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -196,15 +173,12 @@ class StudentWorker:
             torch.cuda.empty_cache()  # the teacher and rollout share this card
         return out
 
-    def _xt_teacher(self, td: TensorDict) -> dict[str, torch.Tensor]:
-        """Cross-tokenizer teacher inputs; the micro-batch's teacher padding is trimmed."""
-        width = max(1, int(td[B.XT_RESPONSE_MASK].sum(1).max()))
-        return {
-            "xt_hidden": td[B.XT_HIDDEN][:, :width].to(self.device),
-            "xt_targets": td[B.XT_RESPONSE_IDS][:, :width].to(self.device),
-            "teacher_chunk": td[B.TEACHER_CHUNK][:, :width].to(self.device),
-            "student_chunk": td[B.STUDENT_CHUNK].to(self.device),
-        }
+    def _teacher(self, td: TensorDict) -> tuple[B.Signal, dict[str, torch.Tensor]]:
+        """The batch's teacher signal and its tensors on this rank's device, by batch key."""
+        signal = B.signal_of(td)
+        if signal is B.Signal.ALIGNED:
+            td = trim_teacher_padding(td)
+        return signal, {k: td[k].to(self.device) for k in B.teacher_keys(signal)}
 
     @torch.no_grad()
     def xtok_stats(self, td: TensorDict) -> dict[str, torch.Tensor]:
@@ -212,7 +186,7 @@ class StudentWorker:
         self.model.eval()
         ids, mask, pos, start = self._inputs(td)
         out = self.model.xtok_stats(
-            ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device), self._xt_teacher(td)
+            ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device), self._teacher(td)[1]
         )
         return {k: v.cpu() for k, v in out.items()}
 
@@ -250,7 +224,8 @@ class StudentWorker:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=not on_gpu)
-        return get_model_state_dict(self.model.lm, options=opts)
+        state = get_model_state_dict(self.model.lm, options=opts)
+        return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
     def push_weights(self, engines: list, bucket_mb: int = 256) -> int:
         """Stream the student's weights to rollout engine actors in buckets of ~bucket_mb.
@@ -332,7 +307,7 @@ class StudentWorker:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=f"{path}/student")
         set_state_dict(
             self.model,

@@ -6,21 +6,25 @@ method) so FSDP2 has the output head unsharded exactly while it is used.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from ondistill import batch as B
 from ondistill.heads import HeadSpec, OutputHead
 from ondistill.losses import (
     HiddenTeacher,
     ObjectiveSpec,
+    TeacherSide,
     TopKTeacher,
     chunked_loss,
     chunked_token_stats,
     discounted_advantages,
 )
-from ondistill.xtok.losses import aligned_stats, cross_tokenizer_loss
+from ondistill.xtok.losses import AlignedPair, aligned_stats, cross_tokenizer_loss
 from ondistill.xtok.vocab import SharedVocab
 from workers.compile import compile_blocks
 
@@ -28,7 +32,7 @@ from workers.compile import compile_blocks
 class KDModel(nn.Module):
     def __init__(
         self,
-        lm: nn.Module,
+        lm: Any,  # a transformers causal LM
         teacher_head: OutputHead | None,
         chunk_size: int,
         cross_tokenizer: str = "none",
@@ -45,12 +49,18 @@ class KDModel(nn.Module):
         out = self.lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos)
         return out.last_hidden_state[:, start : start + width]
 
+    def _head(self) -> OutputHead:
+        if self.teacher_head is None:
+            raise RuntimeError("this student was built without the teacher's output head")
+        return self.teacher_head
+
     def forward(
         self,
         ids,
         mask,
         pos,
         start: int,
+        signal: B.Signal,
         teacher: dict[str, torch.Tensor],
         weights: torch.Tensor,
         extras: dict[str, torch.Tensor],
@@ -58,45 +68,36 @@ class KDModel(nn.Module):
         discount: float = 0.0,
     ) -> tuple[torch.Tensor, float]:
         """(weighted sum of the per-token objective, weighted sum of the divergence) over the
-        response positions. teacher: {"hidden": [b, R, H]} or {"topk_ids", "topk_logprobs":
-        [b, R, k]} or cross-tokenizer {"xt_hidden" [b, R_t, H_t], "xt_targets", "teacher_chunk"
-        [b, R_t], "student_chunk" [b, R]}; weights, extras (targets, rollout_logprobs): [b, R]."""
+        response positions. teacher: the tensors of `signal` under their batch keys
+        (B.SCORED_KEYS); weights, extras (targets, rollout_logprobs): [b, R]."""
         hidden = self._hidden(ids, mask, pos, start, weights.shape[1])
         head_w = self.lm.get_output_embeddings().weight
-        if "xt_hidden" in teacher:
-            stats: dict = {}
+        stats: dict = {}
+        if signal is B.Signal.ALIGNED:
+            pair = AlignedPair.of(
+                hidden, head_w, self.student_spec, extras["targets"], teacher, self._head()
+            )
             loss = cross_tokenizer_loss(
-                self.cross_tokenizer,
-                hidden,
-                head_w,
-                self.student_spec,
-                extras["targets"],
-                teacher["student_chunk"],
-                teacher["xt_hidden"],
-                self.teacher_head,
-                teacher["xt_targets"],
-                teacher["teacher_chunk"],
-                weights,
-                spec,
-                self.shared,
-                self.chunk_size,
-                stats,
+                self.cross_tokenizer, pair, weights, spec, self.shared, self.chunk_size, stats
             )
             return loss, stats["divergence"]
         keep = weights != 0
         h = hidden[keep]
         ex = {k: v[keep] for k, v in extras.items()}
-        if "hidden" in teacher:
-            side = HiddenTeacher(teacher["hidden"][keep], self.teacher_head)
+        side: TeacherSide
+        if signal is B.Signal.HIDDEN:
+            side = HiddenTeacher(teacher[B.TEACHER_HIDDEN][keep], self._head())
         else:
-            side = TopKTeacher(teacher["topk_ids"][keep], teacher["topk_logprobs"][keep])
+            side = TopKTeacher(
+                teacher[B.TEACHER_TOPK_IDS][keep], teacher[B.TEACHER_TOPK_LOGPROBS][keep]
+            )
         if spec.objective == "policy_gradient" and discount > 0:
             # MiniLLM's future reward needs every token's reward first: one extra no-grad pass.
             st = chunked_token_stats(
                 h.detach(),
                 head_w,
-                side.hidden,
-                self.teacher_head,
+                teacher[B.TEACHER_HIDDEN][keep],
+                self._head(),
                 ex["targets"],
                 (),
                 self.chunk_size,
@@ -105,7 +106,6 @@ class KDModel(nn.Module):
             reward = torch.zeros_like(weights)
             reward[keep] = st["teacher_logprob"] - st["student_logprob"]
             ex["advantages"] = discounted_advantages(reward, keep.float(), discount)[keep]
-        stats: dict = {}
         loss = chunked_loss(
             h, head_w, side, weights[keep], spec, ex, self.chunk_size, self.student_spec, stats
         )
@@ -129,7 +129,7 @@ class KDModel(nn.Module):
             hidden[keep],
             self.lm.get_output_embeddings().weight,
             th,
-            self.teacher_head if th is not None else None,
+            self._head() if th is not None else None,
             targets[keep],
             divergences,
             self.chunk_size,
@@ -141,19 +141,11 @@ class KDModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Per aligned chunk metrics (see ondistill.xtok.losses.aligned_stats)."""
         hidden = self._hidden(ids, mask, pos, start, targets.shape[1])
-        return aligned_stats(
-            hidden,
-            self.lm.get_output_embeddings().weight,
-            self.student_spec,
-            targets,
-            teacher["student_chunk"],
-            teacher["xt_hidden"],
-            self.teacher_head,
-            teacher["xt_targets"],
-            teacher["teacher_chunk"],
-            self.shared,
-            self.chunk_size,
-        )
+        weight = self.lm.get_output_embeddings().weight
+        pair = AlignedPair.of(hidden, weight, self.student_spec, targets, teacher, self._head())
+        if self.shared is None:
+            raise RuntimeError("aligned stats need the shared vocabulary (loss.cross_tokenizer)")
+        return aligned_stats(pair, self.shared, self.chunk_size)
 
 
 def parallelize(

@@ -1,0 +1,31 @@
+"""The teacher of another tokenizer as the controller sees it: any teacher group behind the
+translation of translate.py."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tensordict import TensorDict
+
+from ondistill.xtok.translate import Translator
+
+
+class Scorer(Protocol):
+    def score(self, batch: TensorDict, hand_over: bool = False) -> TensorDict: ...
+
+    def kill(self) -> None: ...
+
+
+class CrossTokenizerTeacher:
+    """Scores student batches by re-tokenizing their text for the teacher and returns the
+    teacher's hidden states in its own positions plus the alignment (B.Signal.ALIGNED)."""
+
+    def __init__(self, group: Scorer, translator: Translator):
+        self.group, self.translator = group, translator
+
+    def score(self, batch: TensorDict, hand_over: bool = False) -> TensorDict:
+        teacher_batch, s_chunk, t_chunk = self.translator.to_teacher(batch)
+        return self.translator.merge(batch, self.group.score(teacher_batch), s_chunk, t_chunk)
+
+    def kill(self) -> None:
+        self.group.kill()
