@@ -15,6 +15,7 @@ import torch
 from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec
 from ondistill.losses import (
+    OBJECTIVES,
     HiddenTeacher,
     ObjectiveSpec,
     TopKTeacher,
@@ -81,6 +82,7 @@ def test_kernel_step_equals_generic_step(divergence):
         spec=spec,
         s_spec=HeadSpec(),
         t_spec=HeadSpec(),
+        objective=OBJECTIVES["divergence"],
     )
     assert grad.dtype == z_raw.dtype
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=2e-2, atol=2e-5)
