@@ -208,3 +208,27 @@ def response_positions(td: TensorDict) -> slice:
     p = td[PROMPT_IDS].shape[1]
     r = td[RESPONSE_IDS].shape[1]
     return slice(p - 1, p + r - 1)
+
+
+def split_rows(td: TensorDict, parts: int) -> list[TensorDict]:
+    """td's rows in `parts` contiguous pieces as even as they go (the first ones one longer);
+    fewer pieces when there are fewer rows."""
+    rows = td.batch_size[0]
+    sizes = [rows // parts + (i < rows % parts) for i in range(min(parts, rows))]
+    return list(td.split(sizes))
+
+
+def cat_rows(parts: list[TensorDict]) -> TensorDict:
+    """The rows of rollout batches in order, their responses right-padded to the widest (each
+    engine pads to its own longest answer)."""
+    width = max(p[RESPONSE_IDS].shape[1] for p in parts)
+    padded = []
+    for p in parts:
+        extra = width - p[RESPONSE_IDS].shape[1]
+        if extra:
+            p = p.clone(False)
+            for key in (RESPONSE_IDS, RESPONSE_MASK, ROLLOUT_LOGPROBS):
+                t = p[key]
+                p.set(key, torch.cat([t, t.new_zeros(t.shape[0], extra)], 1))
+        padded.append(p)
+    return torch.cat(padded)

@@ -54,6 +54,10 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     backend: str = "auto"  # auto (vllm when installed, else hf) | hf | vllm
+    # Data-parallel engines (one actor each, ray.rollout per actor): a step's prompts are split
+    # over them, and each prompt's seed depends on its place in the step, not on the replica,
+    # so vLLM samples the same tokens for any count (hf samples a batch from one seed).
+    replicas: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     n_samples: int = 2  # samples per prompt
@@ -80,6 +84,7 @@ def sampling_seed(seed: int, call: int) -> int:
 @dataclass
 class TeacherConfig:
     backend: str = "hf"  # hf | sglang
+    replicas: int = 1  # data-parallel teacher actors (ray.teacher per actor)
     dtype: str = "float32"
     topk: int = 0  # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket
     threads: int = 2
@@ -140,6 +145,9 @@ class StageConfig:
     on_policy_fraction: float | None = None
     divergence: str | None = None
     objective: str | None = None  # loss.objective of this stage
+    # x the scheduled learning rate during this stage (a policy-gradient stage after a warm
+    # start wants a far smaller step than the warm start does)
+    lr_scale: float = 1.0
 
 
 def _default_stages() -> list[StageConfig]:
@@ -203,6 +211,10 @@ class RayConfig:
     rollout: Placement = field(default_factory=Placement)
     teacher: Placement = field(default_factory=Placement)
     student: Placement = field(default_factory=Placement)  # per FSDP rank
+    # none: each actor placed by its role's request alone; colocated: one placement-group
+    # bundle per student rank, with rollout and teacher replica i beside rank i; split: the
+    # teacher replicas in bundles (cards) of their own (workers/placement.py)
+    placement: str = "none"
 
 
 @dataclass
@@ -230,6 +242,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.reduction": ("token", "sequence"),
     "data.bad_rows": ("error", "skip"),
     "log.wandb": ("offline", "online", "disabled"),
+    "ray.placement": ("none", "colocated", "split"),
 }
 
 # key -> (predicate, what the value must be)
@@ -237,6 +250,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "rollout.temperature": (lambda v: v > 0, "> 0"),
     "rollout.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "rollout.n_samples": (lambda v: v >= 1, ">= 1"),
+    "rollout.replicas": (lambda v: v >= 1, ">= 1"),
+    "teacher.replicas": (lambda v: v >= 1, ">= 1"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.sync_every": (lambda v: v >= 1, ">= 1"),
     "student.world_size": (lambda v: v >= 1, ">= 1"),
@@ -330,6 +345,7 @@ class Stage:
     on_policy_fraction: float
     divergence: str
     objective: str
+    lr_scale: float = 1.0
 
 
 def schedule(cfg: Config) -> list[Stage]:
@@ -369,6 +385,8 @@ def schedule(cfg: Config) -> list[Stage]:
                 f"on-policy batches only, but its on_policy_fraction={fraction}; "
                 "set it to 1 or give the stage objective=divergence."
             )
+        if not s.lr_scale > 0:
+            raise ConfigError(f"{key}.lr_scale={s.lr_scale} must be > 0.")
         if divergence not in DIVERGENCES:
             raise ConfigError(
                 f"{key}.divergence={divergence!r} is not valid; choose one of: "
@@ -376,7 +394,15 @@ def schedule(cfg: Config) -> list[Stage]:
             )
         end = tr.steps if i == len(given) - 1 else round(total_share * tr.steps)  # last: to the end
         stages.append(
-            Stage(s.name or f"stage{i}", first, end - first, fraction, divergence, objective)
+            Stage(
+                s.name or f"stage{i}",
+                first,
+                end - first,
+                fraction,
+                divergence,
+                objective,
+                s.lr_scale,
+            )
         )
         first = end
     _check_shadowed(cfg, given)

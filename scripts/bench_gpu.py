@@ -164,8 +164,8 @@ def train_flops(student: dict, teacher: dict, rows: int, prompt_len: int, new: i
 
 
 class GpuMemory:
-    """Peak used memory of GPU 0 over an interval, polled from nvidia-smi (covers every
-    process, which a system of several processes needs)."""
+    """Peak used memory of the busiest GPU over an interval, polled from nvidia-smi (covers
+    every process, which a system of several processes needs)."""
 
     def __init__(self) -> None:
         self.peak, self._stop = 0.0, threading.Event()
@@ -178,15 +178,13 @@ class GpuMemory:
                     [
                         "nvidia-smi",
                         "--query-gpu=memory.used",
-                        "-i",
-                        "0",
                         "--format=csv,noheader,nounits",
                     ],
                     capture_output=True,
                     text=True,
                     timeout=10,
                 ).stdout
-                self.peak = max(self.peak, float(out.split()[0]) / 1024)
+                self.peak = max(self.peak, *(float(x) / 1024 for x in out.split()))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 return
 
@@ -228,7 +226,7 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         f"loss.chunk_size={a.chunk}",
         "trainer.stages=[]",
         f"trainer.steps={a.steps}",
-        f"trainer.prompts_per_step={a.prompts}",
+        f"trainer.prompts_per_step={a.prompts * a.gpus}",
         "trainer.checkpoint_every=-1",
         "trainer.save_student=false",
         f"trainer.output_dir={out}",
@@ -239,6 +237,13 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "ray.teacher.gpus=0.3",
         "ray.student.gpus=0.3",
     ]
+    if a.gpus > 1:  # one of each role per card: data-parallel replicas, FSDP2 ranks
+        overrides += [
+            f"student.world_size={a.gpus}",
+            f"rollout.replicas={a.gpus}",
+            f"teacher.replicas={a.gpus}",
+            "ray.placement=colocated",
+        ]
     overrides += a.extra
     if a.pair == "tiny-tiny":  # CPU check of this script: no GPU placement
         overrides = [o for o in overrides if not o.startswith("ray.")]
@@ -274,6 +279,8 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "overlap": a.overlap,
         "extra": a.extra,
         "rollout_lag": [r.get("rollout_lag") for r in steps],
+        "gpus": a.gpus,
+        "driver_peak_rss_gib": max(r.get("driver_rss_gib", 0.0) for r in steps),
     }
 
 
@@ -341,7 +348,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--pair", choices=sorted(PAIRS), default="1.7b-8b")
-    p.add_argument("--prompts", type=int, default=256, help="ondistill prompts per step")
+    p.add_argument("--prompts", type=int, default=256, help="ondistill prompts per step per GPU")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="ondistill: GPUs, each with a rollout replica, a teacher replica and a student rank "
+        "(ray.placement=colocated); the step's prompts grow with them",
+    )
     p.add_argument("--trl-batch", type=int, default=32, help="TRL prompts per step")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=512)
@@ -379,7 +393,7 @@ def main() -> None:
     teacher = build_model(t_shape, work / f"qwen3-{t_shape}")
     prompts = write_prompts(
         work / f"prompts_{a.prompt_len}.jsonl",
-        max(a.prompts, a.trl_batch) * 4,
+        max(a.prompts * a.gpus, a.trl_batch) * 4,
         a.prompt_len,
         a.new_tokens,
     )

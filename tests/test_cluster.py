@@ -2,6 +2,7 @@
 `ray start --address` node with its own resources): a short job's actors land on both nodes
 as the placement config says, and an impossible request is refused before any actor starts."""
 
+import json
 import os
 import re
 import secrets
@@ -134,24 +135,39 @@ def submit(cluster, tmp_path, tiny_dirs, prompts_file, *extra):
 
 
 def test_roles_land_on_the_nodes_config_asks_for(cluster, tmp_path, tiny_dirs, prompts_file):
+    """Two rollout replicas and two student ranks on one node, two teacher replicas on the
+    other: the scored rows cross nodes from the teacher replicas to the ranks, and training
+    works (two on-policy steps, then three on the dataset whose forward KL falls)."""
     job = submit(
         cluster,
         tmp_path,
         tiny_dirs,
         prompts_file,
         "student.world_size=2",
+        "rollout.replicas=2",
+        "teacher.replicas=2",
         "+ray.rollout.resources.node_a=1",
-        "+ray.teacher.resources.node_a=1",
-        "+ray.student.resources.node_b=1",
+        "+ray.teacher.resources.node_b=1",
+        "+ray.student.resources.node_a=1",
+        "trainer.steps=5",
+        "trainer.stages=[{name:on,share:0.4,on_policy_fraction:1.0},{name:off,on_policy_fraction:0.0}]",
+        "loss.divergence=forward_kl",
+        "student.lr=1e-2",
+        "student.warmup_steps=0",
     )
     assert job.returncode == 0, job.stderr[-3000:]
     line = re.search(
-        r"placement \(Ray node ids\): rollout (\w+) teacher (\w+) student (\w+),(\w+)", job.stdout
+        r"placement \(Ray node ids\): rollout (\w+),(\w+) teacher (\w+),(\w+) student (\w+),(\w+)",
+        job.stdout,
     )
     assert line, job.stdout[-2000:]
-    rollout, teacher, s0, s1 = line.groups()
-    assert rollout == teacher and s0 == s1 and rollout != s0  # two nodes, as placed
-    assert (tmp_path / "out" / "checkpoints" / "step_000002").is_dir()
+    r0, r1, t0, t1, s0, s1 = line.groups()
+    assert r0 == r1 == s0 == s1 and t0 == t1 and t0 != s0  # two nodes, as placed
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "kl" in r]
+    assert [r["on_policy"] for r in steps] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert steps[-1]["kl"] < steps[2]["kl"], [r["kl"] for r in steps]
+    assert (tmp_path / "out" / "checkpoints" / "step_000005").is_dir()
 
 
 def test_impossible_request_is_refused_before_work(cluster, tmp_path, tiny_dirs, prompts_file):

@@ -56,7 +56,7 @@ def test_compiled_decode_samples_what_eager_does(ray_local, tiny_dirs):
             RolloutConfig(n_samples=2, max_new_tokens=10, threads=1, compile=compiled),
         )
         out[compiled] = engine.generate(prompts, seed=3)
-        graphs[compiled] = dynamo_graphs(engine.actor)  # in-process engine: the actor's own
+        graphs[compiled] = dynamo_graphs(engine.actors[0])  # in-process engine: the actor's own
         engine.kill()
     # vLLM compiles a helper graph or two either way; the compiled decode adds the model's
     assert graphs[True] > graphs[False], graphs

@@ -86,7 +86,7 @@ def test_compiled_blocks_match_eager(ray_local, tiny_dirs):
         teacher = TeacherGroup("hf", str(teacher_dir), TeacherConfig(compile=compiled))
         rescored = teacher.score(batches[0].exclude(B.TEACHER_HIDDEN))
         hidden[compiled] = rescored[B.TEACHER_HIDDEN]
-        graphs[compiled] = [dynamo_graphs(a) for a in (group.actors[0], teacher.actor)]
+        graphs[compiled] = [dynamo_graphs(a) for a in (group.actors[0], teacher.actors[0])]
         group.kill(), teacher.kill()
     assert graphs[False] == [0, 0] and min(graphs[True]) > 0, graphs  # compiled where asked
     assert losses[False][1] != losses[False][0]  # the second step saw updated weights

@@ -128,12 +128,18 @@ class Controller:
     def score_and_train(
         self, batch: TensorDict, timings: dict[str, float], on_policy: bool, lag: int
     ) -> dict[str, float]:
-        """The rest of every step: teacher scores, student updates, the step's metrics."""
-        with timed(timings, "score"):
-            batch = self.teacher.score(batch, hand_over=True)
+        """The rest of every step: the teacher scores and the student updates, the scored rows
+        going from the teacher replicas to the student ranks without passing through here
+        (time/score: the longest a rank waited for them; time/train: the rest)."""
         stage = stage_at(self.stages, self.updates)
+        tokens, rows = int(batch[B.RESPONSE_MASK].sum()), batch.batch_size[0]
         with timed(timings, "train"):
-            metrics = self.student.train_step(batch, stage.objective, stage.divergence)
+            parts = self.teacher.score_parts(batch, self.student.world_size, hand_over=True)
+            metrics = self.student.train_parts(
+                parts, tokens, rows, stage.objective, stage.divergence, stage.lr_scale
+            )
+        timings["time/score"] = metrics.pop("fetch_s")
+        timings["time/train"] -= timings["time/score"]
         self.updates += 1
         step_time = sum(timings.values())
         return {

@@ -8,33 +8,31 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tensordict import TensorDict
-
-from ondistill import batch as B
 from ondistill.config import LogConfig
 
 
-def student_step_metrics(ranks: list[dict[str, float]], batch: TensorDict) -> dict[str, float]:
-    """One train step's metrics from every student rank's own (loss and divergence are each
-    rank's share of the global mean, so they add up) and from what the teacher sent."""
+def student_step_metrics(ranks: list[dict[str, float]], tokens: int) -> dict[str, float]:
+    """One train step's metrics from every student rank's own: loss and divergence are each
+    rank's share of the global mean, so they add up; so do the counts behind the shares."""
     first = ranks[0]
     metrics = {
         "loss": sum(r["loss"] for r in ranks),
         "kl": sum(r["kl"] for r in ranks),
         "grad_norm": first["grad_norm"],  # already global (clip_grad_norm_ over the mesh)
         "lr": first["lr"],
-        "response_tokens": int(batch[B.RESPONSE_MASK].sum()),
+        "response_tokens": tokens,
+        # the longest any rank waited for its scored rows (the teacher's time, for references)
+        "fetch_s": max(r["fetch_s"] for r in ranks),
     }
-    if "alloc_retries" in first:
-        metrics["alloc_retries"] = first["alloc_retries"]
-    signal = B.signal_of(batch)
-    if signal is B.Signal.ALIGNED:
-        from ondistill.xtok.translate import aligned_fraction
-
-        metrics["aligned_fraction"] = aligned_fraction(batch)
-    elif signal is B.Signal.TOPK:
-        mass = batch[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[batch[B.RESPONSE_MASK]]
-        metrics["teacher_topk_mass"] = float(mass.mean())
+    for key in ("alloc_retries",):
+        if key in first:
+            metrics[key] = first[key]
+    for total, share in (
+        ("aligned_tokens", "aligned_fraction"),
+        ("topk_mass", "teacher_topk_mass"),
+    ):
+        if total in first:  # cross-tokenizer: tokens that start an aligned chunk; top-k mass
+            metrics[share] = sum(r[total] for r in ranks) / max(1, tokens)
     return metrics
 
 

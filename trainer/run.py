@@ -138,8 +138,10 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     import ray
 
     from workers.group import check_resources
+    from workers.placement import plan
     from workers.ray_env import init_ray
 
+    plan(cfg)  # a placement its replicas cannot take is refused before any work
     teacher_dir, student_dir, prompts = prepare(cfg, out_dir)
     backend = pick_rollout_backend(cfg.rollout.backend)
     print(
@@ -151,8 +153,8 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     check_resources(
         {
-            "rollout": (cfg.ray.rollout, 1),
-            "teacher": (cfg.ray.teacher, 1),
+            "rollout": (cfg.ray.rollout, cfg.rollout.replicas),
+            "teacher": (cfg.ray.teacher, cfg.teacher.replicas),
             "student": (cfg.ray.student, cfg.student.world_size),
         }
     )
@@ -206,11 +208,19 @@ class Session:
         from trainer.evaluate import Evaluator
         from trainer.overlap import OverlapController
         from workers.group import RolloutGroup, StudentGroup, TeacherGroup, node_of
+        from workers.placement import reserve
 
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
         start = time.perf_counter()
-        self.rollout = RolloutGroup(backend, str(student_dir), cfg.rollout, cfg.ray.rollout)
-        group = TeacherGroup(cfg.teacher.backend, str(teacher_dir), cfg.teacher, cfg.ray.teacher)
+        self.layout = reserve(cfg)
+        if self.layout.bundles:
+            print(f"[ondistill] ray.placement={cfg.ray.placement}: {self.layout.describe()}")
+        self.rollout = RolloutGroup(
+            backend, str(student_dir), cfg.rollout, cfg.ray.rollout, self.layout.rollout
+        )
+        group = TeacherGroup(
+            cfg.teacher.backend, str(teacher_dir), cfg.teacher, cfg.ray.teacher, self.layout.teacher
+        )
         self.teacher: TeacherGroup | CrossTokenizerTeacher = group
         translator = None
         if prompts.teacher_tokenizer is not None:  # cross-tokenizer: the teacher reads text
@@ -223,6 +233,7 @@ class Session:
             str(teacher_dir),
             cfg.trainer.steps,
             cfg.ray.student,
+            self.layout.student,
         )
         if translator is None and group.share_gpu_with(self.student):
             print(
@@ -231,9 +242,9 @@ class Session:
             )
         print(
             "[ondistill] placement (Ray node ids): rollout "
-            + node_of(self.rollout.actor)
+            + ",".join(node_of(a) for a in self.rollout.actors)
             + " teacher "
-            + node_of(group.actor)
+            + ",".join(node_of(a) for a in group.actors)
             + " student "
             + ",".join(node_of(a) for a in self.student.actors),
             flush=True,
@@ -242,7 +253,8 @@ class Session:
         if cfg.data.eval_size:
             # The teacher's own samples, drawn once by a short-lived engine that asks for
             # nothing, so it never waits for the resources the long-lived roles hold.
-            sampler = RolloutGroup("hf", str(teacher_dir), cfg.rollout, Placement(cpus=0))
+            one = dataclasses.replace(cfg.rollout, replicas=1)
+            sampler = RolloutGroup("hf", str(teacher_dir), one, Placement(cpus=0))
             args = (prompts, cfg.trainer.prompts_per_step, self.rollout, self.teacher, self.student)
             if translator is None:
                 self.evaluator = Evaluator(*args, sampler)
@@ -292,6 +304,7 @@ class Session:
         while step < tr.steps:
             step += 1
             metrics = self.controller.step()
+            metrics["driver_rss_gib"] = driver_peak_rss_gib()
             logger.log(step, metrics)
             if metrics.get("aligned_fraction", 1.0) < floor:
                 logger.write(
@@ -371,6 +384,14 @@ class Session:
                 group.kill()
             except Exception:  # already gone: nothing to stop
                 pass
+        self.layout.release()  # a restarted session reserves its own
+
+
+def driver_peak_rss_gib() -> float:
+    """This process's peak resident memory: what the driver held, hidden states or not."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def summary(

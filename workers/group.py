@@ -7,6 +7,7 @@ is attached at runtime. Ray is imported here (and in the actors), nowhere in ond
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import ray
 import torch
@@ -22,12 +23,21 @@ from ondistill.config import (
     TeacherConfig,
 )
 from workers.engines import ROLLOUT_BACKENDS, TEACHER_BACKENDS, TeacherEngine, load_class
+from workers.placement import Slot
 
 
-def _remote(cls: type, place: Placement):
-    return ray.remote(
+def _remote(cls: type, place: Placement, slot: Slot | None = None) -> Any:
+    """cls as a Ray actor class asking for `place`, in `slot` of a placement group if given."""
+    options: dict[str, Any] = dict(
         num_cpus=place.cpus, num_gpus=place.gpus, resources=dict(place.resources) or None
-    )(cls)
+    )
+    if slot is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=slot.group, placement_group_bundle_index=slot.bundle
+        )
+    return ray.remote(**options)(cls)
 
 
 def node_of(actor) -> str:
@@ -61,19 +71,28 @@ def check_resources(requests: dict[str, tuple[Placement, int]]) -> None:
 
 
 class RolloutGroup:
-    """One rollout engine actor (replicas are a later extension of the same interface)."""
+    """rollout.replicas engine actors, data-parallel: a batch's prompts are split over them in
+    contiguous parts and the answers gathered back in order."""
 
     def __init__(
-        self, backend: str, model_dir: str, cfg: RolloutConfig, place: Placement | None = None
+        self,
+        backend: str,
+        model_dir: str,
+        cfg: RolloutConfig,
+        place: Placement | None = None,
+        slots: list[Slot | None] | None = None,
     ):
+        """slots: each replica's place in the run's placement group (workers/placement.py)."""
         cls = load_class(ROLLOUT_BACKENDS, backend)
         place = place or Placement()
-        self.actor = _remote(cls, place).remote(model_dir, cfg)
+        self.actors = []
+        for slot in slots or [None] * cfg.replicas:
+            self.actors.append(_remote(cls, place, slot).remote(model_dir, cfg))
+            if place.gpus:
+                # vLLM sizes its KV cache from the GPU memory it sees free while it starts: let
+                # it finish before the next engine, the teacher and student allocate.
+                ray.get(self.actors[-1].__ray_call__.remote(lambda actor: None))
         self.backend = backend
-        if place.gpus:
-            # vLLM sizes its KV cache from the GPU memory it sees free while it starts: let it
-            # finish before the teacher and student allocate on a shared card.
-            ray.get(self.actor.__ray_call__.remote(lambda actor: None))
 
     def generate(
         self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
@@ -85,61 +104,88 @@ class RolloutGroup:
         self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
     ) -> Callable[[], TensorDict]:
         """Start generating and return at once; calling the result waits for the batch.
-        Calls to the engine run in the order they are made (weight pushes included)."""
-        ref = self.actor.generate.remote(prompts, seed, greedy)
-        return lambda: ray.get(ref)
+        Calls to each engine run in the order they are made (weight pushes included)."""
+        parts = B.split_rows(prompts, len(self.actors))
+        refs = [
+            a.generate.remote(p, seed, greedy) for a, p in zip(self.actors, parts, strict=False)
+        ]
+        return lambda: B.cat_rows(ray.get(refs))
 
     def sleep(self) -> None:
-        """Let the engine free its accelerator memory until it is next used (no-op on CPU)."""
-        ray.get(self.actor.sleep.remote())
+        """Let the engines free their accelerator memory until next used (no-op on CPU)."""
+        ray.get([a.sleep.remote() for a in self.actors])
 
     @property
     def handles(self) -> list:
-        return [self.actor]
+        return list(self.actors)
 
     def kill(self) -> None:
-        ray.kill(self.actor)  # also fine if it already died
+        for a in self.actors:
+            ray.kill(a)  # also fine if it already died
 
 
 class TeacherGroup:
+    """teacher.replicas scoring actors, data-parallel. Training batches go from them straight
+    to the student ranks (score_parts); evaluation gathers them on the driver (score)."""
+
     def __init__(
-        self, backend: str, model_dir: str, cfg: TeacherConfig, place: Placement | None = None
+        self,
+        backend: str,
+        model_dir: str,
+        cfg: TeacherConfig,
+        place: Placement | None = None,
+        slots: list[Slot | None] | None = None,
     ):
         cls: type[TeacherEngine] = load_class(TEACHER_BACKENDS, backend)
-        self.actor = _remote(cls, place or Placement()).remote(model_dir, cfg)
+        self.actors = [
+            _remote(cls, place or Placement(), slot).remote(model_dir, cfg)
+            for slot in slots or [None] * cfg.replicas
+        ]
         self.cfg, self.can_share = cfg, cls.shares_gpu
         self.share = False
 
     def share_gpu_with(self, student: StudentGroup) -> bool:
-        """Hand hidden states over on the GPU when the student is one rank on the teacher's
-        card: the student maps the teacher's tensor through CUDA IPC instead of receiving
-        ~2 GB per step (512 x 512 tokens x 4096 x bf16) through host memory and Ray's store."""
+        """Hand hidden states over on the GPU when teacher replica i and student rank i share a
+        card, for every i (one replica per rank: each keeps only its latest batch alive): the
+        rank maps the replica's tensor through CUDA IPC instead of receiving ~2 GB per step
+        (512 x 512 tokens x 4096 x bf16) through host memory and Ray's store."""
         from workers.weights import actor_gpu
 
-        if self.can_share and self.cfg.share_gpu and not self.cfg.topk and student.world_size == 1:
-            mine = ray.get(self.actor.__ray_call__.remote(actor_gpu))
-            self.share = mine is not None and mine == ray.get(
-                student.actors[0].__ray_call__.remote(actor_gpu)
-            )
+        paired = len(self.actors) == student.world_size
+        if self.can_share and self.cfg.share_gpu and not self.cfg.topk and paired:
+            mine = ray.get([a.__ray_call__.remote(actor_gpu) for a in self.actors])
+            theirs = ray.get([a.__ray_call__.remote(actor_gpu) for a in student.actors])
+            self.share = all(m is not None and m == t for m, t in zip(mine, theirs, strict=True))
         return self.share
 
+    def score_parts(self, batch: TensorDict, parts: int, hand_over: bool = False) -> list:
+        """Score `batch` in `parts` contiguous pieces (part i on replica i mod replicas) and
+        return a Ray reference per piece, without waiting: whoever holds a reference (a student
+        rank) fetches the scored rows from the replica's node itself, so they never pass
+        through this process. hand_over: the pieces go straight into one train step, so
+        their hidden states may stay on the GPU (share_gpu_with) until the next call."""
+        share = {"share": True} if hand_over and self.share and parts == len(self.actors) else {}
+        pieces = B.split_rows(batch, parts)
+        return [
+            self.actors[i % len(self.actors)].score.remote(p, **share) for i, p in enumerate(pieces)
+        ]
+
     def score(self, batch: TensorDict, hand_over: bool = False) -> TensorDict:
-        """hand_over: the batch goes straight into one train step, so its hidden states may stay
-        on the GPU (share_gpu_with); they live only until the next call. Batches kept for
-        later (evaluation) always come back by value."""
-        if hand_over and self.share:
-            return ray.get(self.actor.score.remote(batch, share=True))
-        return ray.get(self.actor.score.remote(batch))
+        """The scored batch here (evaluation keeps it; a translator merges it); hand_over as in
+        score_parts."""
+        parts = ray.get(self.score_parts(batch, len(self.actors), hand_over))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
-        ray.get(self.actor.update_weights.remote(named_tensors))
+        ray.get([a.update_weights.remote(named_tensors) for a in self.actors])
 
     def kill(self) -> None:
-        try:  # engines with server processes of their own stop them first
-            ray.get(self.actor.shutdown.remote(), timeout=30)
-        except Exception:
-            pass  # already dead, or hung: the kill below ends the actor either way
-        ray.kill(self.actor)
+        for a in self.actors:
+            try:  # engines with server processes of their own stop them first
+                ray.get(a.shutdown.remote(), timeout=30)
+            except Exception:
+                pass  # already dead, or hung: the kill below ends the actor either way
+            ray.kill(a)
 
 
 class StudentGroup:
@@ -153,12 +199,15 @@ class StudentGroup:
         teacher_dir: str | None,
         total_steps: int,
         place: Placement | None = None,
+        slots: list[Slot | None] | None = None,
     ):
         from workers.student.actor import StudentWorker
 
         self.world_size, self.student_dir = cfg.world_size, student_dir
-        cls = _remote(StudentWorker, place or Placement())
-        self.actors = [cls.remote(r, cfg.world_size, cfg, loss) for r in range(cfg.world_size)]
+        self.actors = [
+            _remote(StudentWorker, place or Placement(), slot).remote(r, cfg.world_size, cfg, loss)
+            for r, slot in enumerate(slots or [None] * cfg.world_size)
+        ]
         master = ray.get(self.actors[0].address.remote())
         counts = ray.get(
             [a.setup.remote(master, student_dir, teacher_dir, total_steps) for a in self.actors]
@@ -176,19 +225,36 @@ class StudentGroup:
     def train_step(
         self, batch: TensorDict, objective: str | None = None, divergence: str | None = None
     ) -> dict[str, float]:
-        """objective, divergence: this step's, when the schedule's stage sets them (else the
-        loss config's)."""
-        from trainer.metrics import student_step_metrics
-
+        """One update on a scored batch held here. objective, divergence: this step's, when the
+        schedule's stage sets them (else the loss config's)."""
         B.check_scored(batch, "student.train_step")
         tokens, rows = int(batch[B.RESPONSE_MASK].sum()), batch.batch_size[0]
+        return self.train_parts(self._split(batch), tokens, rows, objective, divergence)
+
+    def train_parts(
+        self,
+        parts: list,
+        tokens: int,
+        rows: int,
+        objective: str | None = None,
+        divergence: str | None = None,
+        lr_scale: float = 1.0,
+    ) -> dict[str, float]:
+        """One update on a batch of `tokens` response tokens in `rows` rows, given as one part
+        per rank: a scored TensorDict, or a Ray reference to one (TeacherGroup.score_parts),
+        which the rank fetches from the teacher itself."""
+        from trainer.metrics import student_step_metrics
+
+        if len(parts) != self.world_size:
+            raise ValueError(f"{len(parts)} parts for {self.world_size} student ranks")
+        # In a list, a reference reaches the rank unresolved: it fetches (and times) it there.
         ranks = ray.get(
             [
-                a.train_step.remote(s, tokens, rows, objective, divergence)
-                for a, s in zip(self.actors, self._split(batch), strict=True)
+                a.train_step.remote([p], tokens, rows, objective, divergence, lr_scale)
+                for a, p in zip(self.actors, parts, strict=True)
             ]
         )
-        return student_step_metrics(ranks, batch)
+        return student_step_metrics(ranks, tokens)
 
     def token_stats(
         self, batch: TensorDict, divergences: tuple[str, ...] = ()
@@ -211,7 +277,8 @@ class StudentGroup:
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def push_weights(self, rollout: RolloutGroup) -> int:
-        return ray.get([a.push_weights.remote(rollout.handles) for a in self.actors])[0]
+        """Every rollout replica gets the student's weights; returns bytes sent per engine."""
+        return max(ray.get([a.push_weights.remote(rollout.handles) for a in self.actors]))
 
     def save_hf(self, path: str) -> None:
         ray.get([a.save_hf.remote(path, self.student_dir) for a in self.actors])

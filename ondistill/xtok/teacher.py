@@ -7,11 +7,14 @@ from typing import Protocol
 
 from tensordict import TensorDict
 
+from ondistill import batch as B
 from ondistill.xtok.translate import Translator
 
 
 class Scorer(Protocol):
     def score(self, batch: TensorDict, hand_over: bool = False) -> TensorDict: ...
+
+    def score_parts(self, batch: TensorDict, parts: int, hand_over: bool = False) -> list: ...
 
     def kill(self) -> None: ...
 
@@ -26,6 +29,10 @@ class CrossTokenizerTeacher:
     def score(self, batch: TensorDict, hand_over: bool = False) -> TensorDict:
         teacher_batch, s_chunk, t_chunk = self.translator.to_teacher(batch)
         return self.translator.merge(batch, self.group.score(teacher_batch), s_chunk, t_chunk)
+
+    def score_parts(self, batch: TensorDict, parts: int, hand_over: bool = False) -> list:
+        """The merge needs the teacher's rows here, so these pieces pass through the driver."""
+        return B.split_rows(self.score(batch), parts)
 
     def kill(self) -> None:
         self.group.kill()

@@ -107,9 +107,14 @@ def teacher_prompts(prompts: TensorDict) -> TensorDict:
     )
 
 
-def aligned_fraction(batch: TensorDict) -> float:
-    """Share of the student's response tokens that start an aligned chunk (B.STUDENT_CHUNK):
-    the positions where the cross-tokenizer loss compares the two models."""
+def aligned_starts(batch: TensorDict) -> int:
+    """How many of the student's response tokens start an aligned chunk (B.STUDENT_CHUNK): the
+    positions where the cross-tokenizer loss compares the two models."""
     chunk = batch[B.STUDENT_CHUNK]
     starts = (chunk >= 0) & (chunk != torch.nn.functional.pad(chunk[:, :-1], (1, 0), value=-1))
-    return float(starts.sum()) / max(1, int(batch[B.RESPONSE_MASK].sum()))
+    return int(starts.sum())
+
+
+def aligned_fraction(batch: TensorDict) -> float:
+    """The share of the student's response tokens that start an aligned chunk."""
+    return aligned_starts(batch) / max(1, int(batch[B.RESPONSE_MASK].sum()))

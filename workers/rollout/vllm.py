@@ -70,14 +70,17 @@ class VLLMRollout:
             ids[m].tolist()
             for ids, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK], strict=True)
         ]
-        # vLLM seeds the n children of a request seed, seed+1, ...: space prompts n apart.
+        # vLLM seeds the n children of a request seed, seed+1, ...: space prompts n apart, by
+        # their place in the step (PROMPT_INDEX), so a replica given part of the step samples
+        # what one engine given all of it would.
+        places = prompts[B.PROMPT_INDEX].tolist()
         params = [
             SamplingParams(
                 n=n,
                 temperature=0.0 if greedy else self.cfg.temperature,
                 top_p=self.cfg.top_p,
                 max_tokens=self.cfg.max_new_tokens,
-                seed=seed + i * n,
+                seed=seed + places[i] * n,
                 logprobs=0,
                 stop_token_ids=list(self.cfg.stop_token_ids),
                 ignore_eos=self.cfg.ignore_eos,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from typing import Any
 
 import torch
@@ -125,15 +126,24 @@ class StudentWorker:
 
     def train_step(
         self,
-        td: TensorDict,
+        td: TensorDict | list,
         global_tokens: int,
         global_rows: int,
         objective: str | None = None,
         divergence: str | None = None,
+        lr_scale: float = 1.0,
     ) -> dict[str, float]:
         """One optimizer step on this rank's rows, accumulated over micro-batches; objective
-        and divergence replace the loss config's for this step (a schedule's stage)."""
+        and divergence replace the loss config's for this step (a schedule's stage). td: the
+        rows, or [the rows or a Ray reference to them] (StudentGroup.train_parts)."""
+        start = time.perf_counter()
+        if isinstance(td, list):
+            import ray
+
+            td = ray.get(td[0]) if isinstance(td[0], ray.ObjectRef) else td[0]
+        fetch_s = time.perf_counter() - start
         td = receive(B.check_scored(td, "student.train_step"))
+        signal = B.signal_of(td)
         spec = ObjectiveSpec.from_config(self.loss_cfg, objective, divergence)
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
@@ -162,11 +172,26 @@ class StudentWorker:
             loss_sum += loss.item() / self.world_size
             div_sum += div / self.world_size
         grad_norm = self._clip()
-        lr = float(self.scheduler.get_last_lr()[0])
+        for group in self.optimizer.param_groups:  # the scheduler sets it afresh every step
+            group["lr"] *= lr_scale
+        lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        out = {"loss": loss_sum, "kl": div_sum, "grad_norm": grad_norm, "lr": lr}
+        out = {
+            "loss": loss_sum,
+            "kl": div_sum,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "fetch_s": fetch_s,
+        }
+        mask = td[B.RESPONSE_MASK]
+        if signal is B.Signal.ALIGNED:
+            from ondistill.xtok.translate import aligned_starts
+
+            out["aligned_tokens"] = float(aligned_starts(td))
+        elif signal is B.Signal.TOPK:
+            out["topk_mass"] = float(td[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[mask].sum())
         if self.device.type == "cuda":
             # allocator retries = the card ran full and blocks were freed mid-step (slow)
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
@@ -230,20 +255,27 @@ class StudentWorker:
     def push_weights(self, engines: list, bucket_mb: int = 256) -> int:
         """Stream the student's weights to rollout engine actors in buckets of ~bucket_mb.
 
-        All ranks call it (the gather is collective); rank 0 sends. Engines on this rank's own
-        GPU get CUDA IPC handles, others CPU tensors (workers/weights.py). Each engine has the
-        new weights and flushed caches when this returns. Returns bytes sent per engine.
+        All ranks call it (the gather is collective). An engine on a rank's GPU gets CUDA IPC
+        handles from that rank (colocated replicas: each rank feeds its own); every other
+        engine gets CPU tensors from rank 0 (workers/weights.py). Each engine has the new
+        weights and flushed caches when this returns. Returns bytes sent per engine.
         """
         import ray
 
         from workers.weights import actor_gpu, gpu_identity, pack
 
-        me = gpu_identity() if self.device.type == "cuda" and self.rank == 0 else None
-        same_gpu = [
-            me is not None and ray.get(e.__ray_call__.remote(actor_gpu)) == me for e in engines
-        ]
-        state = self._full_state_dict(on_gpu=me is not None and all(same_gpu))
-        if self.rank != 0:
+        me = gpu_identity() if self.device.type == "cuda" else None
+        rank_gpus: list = [None] * self.world_size
+        dist.all_gather_object(rank_gpus, me)
+        where = [ray.get(e.__ray_call__.remote(actor_gpu)) for e in engines]
+        sender = [rank_gpus.index(g) if g is not None and g in rank_gpus else 0 for g in where]
+        same_gpu = [g is not None and g == rank_gpus[s] for g, s in zip(where, sender, strict=True)]
+        # on GPU with an engine to feed by IPC, every rank holds the full weights on its card;
+        # otherwise rank 0 alone, in host memory
+        state = self._full_state_dict(on_gpu=any(same_gpu))
+        mine = [i for i, s in enumerate(sender) if s == self.rank]
+        engines, same_gpu = [engines[i] for i in mine], [same_gpu[i] for i in mine]
+        if not engines:
             return 0
         # On GPU the engines compute in bf16: sending fp32 master weights would double the bytes.
         cast = torch.bfloat16 if self.device.type == "cuda" else None
