@@ -149,6 +149,9 @@ def test_roles_land_on_the_nodes_config_asks_for(cluster, tmp_path, tiny_dirs, p
         "+ray.rollout.resources.node_a=1",
         "+ray.teacher.resources.node_b=1",
         "+ray.student.resources.node_a=1",
+        "ray.rollout.cpus=0.5",  # six actors on the test cluster's 4 CPUs
+        "ray.teacher.cpus=0.5",
+        "ray.student.cpus=0.5",
         "trainer.steps=5",
         "trainer.stages=[{name:on,share:0.4,on_policy_fraction:1.0},{name:off,on_policy_fraction:0.0}]",
         "loss.divergence=forward_kl",

@@ -65,8 +65,8 @@ def check_resources(requests: dict[str, tuple[Placement, int]]) -> None:
             )
             raise ConfigError(
                 f"the roles ({roles}) ask Ray for {amount:g} {key} but the cluster "
-                f"has {have.get(key, 0.0):g}; lower student.world_size or the "
-                f"ray.<role> placement, or add nodes with that resource."
+                f"has {have.get(key, 0.0):g}; lower student.world_size, the replicas or "
+                f"the ray.<role> requests, or add nodes with that resource."
             )
 
 
