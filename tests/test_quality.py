@@ -57,3 +57,29 @@ def test_collapse_rule_flags_repetition_against_the_teacher():
 def test_collapse_rule_is_relative_to_a_repetitive_teacher():
     """A teacher that repeats itself sets the bar: a student as repetitive is not flagged."""
     assert CollapseRule().check(_eval(REPEATED), _eval(REPEATED)) == []
+
+
+def _answers(distinct_2: float, repeats: float) -> dict[str, float]:
+    return {
+        f"eval/{kind}_{k}": v
+        for kind in ("greedy", "sample")
+        for k, v in (("distinct_2", distinct_2), ("repeated_3gram_rate", repeats))
+    }
+
+
+@pytest.mark.parametrize("chrf_after,warned", [(11.1, True), (25.2, False)])
+def test_summary_warns_when_answers_move_away_from_the_teacher(tmp_path, chrf_after, warned):
+    """Lower KLs with answers further from the teacher's (the old minillm run): a warning,
+    although the collapse rule itself (varied, unrepeated answers) is satisfied."""
+    from trainer.run import summary
+
+    before = {"eval/rkl_student_samples": 7.93, **_answers(0.94, 0.02), "eval/greedy_chrf": 18.6}
+    after = {
+        "eval/rkl_student_samples": 1.98,
+        **_answers(0.80, 0.10),
+        "eval/greedy_chrf": chrf_after,
+    }
+    teacher = _answers(0.87, 0.09)
+    text = summary({"before": before, "after": after, "teacher": teacher}, tmp_path, 1.0)
+    assert "looks collapsed" not in text
+    assert ("further from the teacher's than before training (chrF 18.6 -> 11.1)" in text) is warned

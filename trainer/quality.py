@@ -98,3 +98,17 @@ class CollapseRule:
                     f"answers repeat (the teacher's: {t['repeated_3gram_rate']:.0%})"
                 )
         return reasons
+
+    @staticmethod
+    def drifted(before: dict[str, float], after: dict[str, float]) -> str | None:
+        """A plain-words reason when training took the student's greedy answers further from
+        the teacher's than the untrained student's were (chrF fell), whatever its KLs did: a
+        student can lower both KLs while its answers go off topic (docs: the minillm recipe
+        at lr 5e-5)."""
+        key = "eval/greedy_chrf"
+        if key in before and key in after and after[key] < before[key]:
+            return (
+                f"its greedy answers are further from the teacher's than before training "
+                f"(chrF {before[key]:.1f} -> {after[key]:.1f})"
+            )
+        return None

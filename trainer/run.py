@@ -420,6 +420,12 @@ def summary(
                 + "; ".join(reasons)
                 + f". Read its answers in {out_dir / SAMPLES} before using it."
             )
+        drift = CollapseRule.drifted(results["before"], after)
+        if drift:
+            lines.append(
+                f"\n[ondistill] WARNING: {drift}, whatever its KLs say. Read its answers in "
+                f"{out_dir / SAMPLES} before using it."
+            )
     rows = (
         [json.loads(x) for x in (out_dir / SAMPLES).read_text().splitlines()]
         if (out_dir / SAMPLES).exists()
