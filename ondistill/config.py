@@ -203,6 +203,10 @@ class Placement:
     gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
 
+    def amounts(self) -> dict[str, float]:
+        """Every resource it asks for, under Ray's names (CPU, GPU, custom)."""
+        return {"CPU": self.cpus, "GPU": self.gpus, **self.resources}
+
 
 @dataclass
 class RayConfig:

@@ -24,9 +24,8 @@ def student_step_metrics(ranks: list[dict[str, float]], tokens: int) -> dict[str
         # the longest any rank waited for its scored rows (the teacher's time, for references)
         "fetch_s": max(r["fetch_s"] for r in ranks),
     }
-    for key in ("alloc_retries",):
-        if key in first:
-            metrics[key] = first[key]
+    if "alloc_retries" in first:
+        metrics["alloc_retries"] = first["alloc_retries"]
     for total, share in (
         ("aligned_tokens", "aligned_fraction"),
         ("topk_mass", "teacher_topk_mass"),

@@ -54,7 +54,7 @@ def check_resources(requests: dict[str, tuple[Placement, int]]) -> None:
     have = ray.cluster_resources()
     need: dict[str, float] = {}
     for place, count in requests.values():
-        for key, amount in (("CPU", place.cpus), ("GPU", place.gpus), *place.resources.items()):
+        for key, amount in place.amounts().items():
             need[key] = need.get(key, 0.0) + amount * count
     for key, amount in need.items():
         if amount > have.get(key, 0.0) + 1e-9:

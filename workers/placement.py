@@ -48,7 +48,7 @@ class Layout:
 
 
 def _add(bundle: dict[str, float], place: Placement) -> None:
-    for key, amount in (("CPU", place.cpus), ("GPU", place.gpus), *place.resources.items()):
+    for key, amount in place.amounts().items():
         if amount:
             bundle[key] = bundle.get(key, 0.0) + amount
 

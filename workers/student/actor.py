@@ -136,21 +136,21 @@ class StudentWorker:
         """One optimizer step on this rank's rows, accumulated over micro-batches; objective
         and divergence replace the loss config's for this step (a schedule's stage). td: the
         rows, or [the rows or a Ray reference to them] (StudentGroup.train_parts)."""
-        start = time.perf_counter()
+        fetch_start = time.perf_counter()
         if isinstance(td, list):
             import ray
 
             td = ray.get(td[0]) if isinstance(td[0], ray.ObjectRef) else td[0]
-        fetch_s = time.perf_counter() - start
+        fetch_s = time.perf_counter() - fetch_start
         td = receive(B.check_scored(td, "student.train_step"))
-        signal = B.signal_of(td)
+        signal = B.signal_of(td)  # after receive: an IPC handle has become the tensor
         spec = ObjectiveSpec.from_config(self.loss_cfg, objective, divergence)
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
         loss_sum = div_sum = 0.0
         for i, mb in enumerate(micro):
             ids, mask, pos, start = self._inputs(mb)
-            signal, teacher = self._teacher(mb)
+            teacher = self._teacher(mb, signal)
             extras = {
                 "targets": mb[B.RESPONSE_IDS].to(self.device),
                 "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device),
@@ -185,25 +185,24 @@ class StudentWorker:
             "lr": lr,
             "fetch_s": fetch_s,
         }
-        mask = td[B.RESPONSE_MASK]
         if signal is B.Signal.ALIGNED:
             from ondistill.xtok.translate import aligned_starts
 
             out["aligned_tokens"] = float(aligned_starts(td))
         elif signal is B.Signal.TOPK:
-            out["topk_mass"] = float(td[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[mask].sum())
+            mass = td[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[td[B.RESPONSE_MASK]]
+            out["topk_mass"] = float(mass.sum())
         if self.device.type == "cuda":
             # allocator retries = the card ran full and blocks were freed mid-step (slow)
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
             torch.cuda.empty_cache()  # the teacher and rollout share this card
         return out
 
-    def _teacher(self, td: TensorDict) -> tuple[B.Signal, dict[str, torch.Tensor]]:
-        """The batch's teacher signal and its tensors on this rank's device, by batch key."""
-        signal = B.signal_of(td)
+    def _teacher(self, td: TensorDict, signal: B.Signal) -> dict[str, torch.Tensor]:
+        """The tensors of the batch's teacher signal on this rank's device, by batch key."""
         if signal is B.Signal.ALIGNED:
             td = trim_teacher_padding(td)
-        return signal, {k: td[k].to(self.device) for k in B.teacher_keys(signal)}
+        return {k: td[k].to(self.device) for k in B.teacher_keys(signal)}
 
     @torch.no_grad()
     def xtok_stats(self, td: TensorDict) -> dict[str, torch.Tensor]:
@@ -211,7 +210,12 @@ class StudentWorker:
         self.model.eval()
         ids, mask, pos, start = self._inputs(td)
         out = self.model.xtok_stats(
-            ids, mask, pos, start, td[B.RESPONSE_IDS].to(self.device), self._teacher(td)[1]
+            ids,
+            mask,
+            pos,
+            start,
+            td[B.RESPONSE_IDS].to(self.device),
+            self._teacher(td, B.Signal.ALIGNED),
         )
         return {k: v.cpu() for k, v in out.items()}
 
