@@ -9,6 +9,8 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
   teacher_hidden   [B, R, H] teacher's final hidden state (post final norm) at the position
                    that PREDICTS response token r, i.e. sequence position P + r - 1
   prompt_index     [B] int64, which prompt of the step a row came from (N samples share one)
+  rollout_replica  [B] int64, which rollout engine replica sampled the row (absent on dataset
+                   rows); the student measures each replica's consistency with it
   dataset_response_ids / dataset_response_mask  [B, R_d] the dataset's responses, RIGHT-padded,
                    on the prompts of an off-policy step (what trainer.controller.DatasetRollout
                    turns into the rollout)
@@ -49,6 +51,7 @@ RESPONSE_MASK = "response_mask"
 ROLLOUT_LOGPROBS = "rollout_logprobs"
 TEACHER_HIDDEN = "teacher_hidden"
 PROMPT_INDEX = "prompt_index"
+ROLLOUT_REPLICA = "rollout_replica"
 TEACHER_TOPK_IDS = "teacher_topk_ids"
 TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
 TEACHER_HIDDEN_IPC = "teacher_hidden_ipc"

@@ -296,6 +296,7 @@ class _Chunked(torch.autograd.Function):
         stats: dict,
         fuse: str,
         objective: Objective,
+        logprobs: bool,
     ):
         # Matmuls run in the weights' dtype (bf16 on GPU, fp32 on CPU); softmax, divergence
         # and gradients are float32; the head gradient accumulates in the weights' dtype.
@@ -315,17 +316,25 @@ class _Chunked(torch.autograd.Function):
         )
         total = torch.zeros((), dtype=torch.float32, device=s_hidden.device)
         div_sum = torch.zeros_like(total)
+        token_lp = []
         for i in range(0, s_hidden.shape[0], chunk):
             j = i + chunk
             h = s_hidden[i:j].detach().to(w_s.dtype)
             ex = {k: v[i:j] for k, v in extras.items()}
-            g, (loss, div) = step(h @ w_s.T, teacher.chunk(i, j), weights[i:j].float(), ex)
+            z = h @ w_s.T
+            if logprobs:  # the sampled tokens' log-probs at temperature 1, as the sampler saw them
+                z_s = s_spec.apply(z.float())
+                tgt = ex["targets"][:, None]
+                token_lp.append((z_s.gather(-1, tgt) - z_s.logsumexp(-1, keepdim=True))[:, 0])
+            g, (loss, div) = step(z, teacher.chunk(i, j), weights[i:j].float(), ex)
             total += loss
             div_sum += div
             g = g.to(w_s.dtype)
             torch.mm(g, w_s, out=grad_h[i:j])
             grad_w.addmm_(g.T, h)
         stats["divergence"] = float(div_sum)
+        if logprobs:
+            stats["student_logprob"] = torch.cat(token_lp) if token_lp else total.new_zeros(0)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (s_hidden.dtype, s_weight.dtype)
         return total
@@ -333,8 +342,8 @@ class _Chunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        # none for teacher, weights, extras, spec, s_spec, chunk, stats, fuse, objective
-        no_grad = [None] * 9
+        # none for teacher, weights, extras, spec, s_spec, chunk, stats, fuse, objective, logprobs
+        no_grad = [None] * 10
         return (
             (grad_h * grad_out).to(ctx.dtypes[0]),
             (grad_w * grad_out).to(ctx.dtypes[1]),
@@ -354,6 +363,7 @@ def chunked_loss(
     stats: dict | None = None,
     fuse: str = "auto",
     objective: Objective | None = None,
+    token_logprobs: bool = False,
 ) -> torch.Tensor:
     """sum_n weights[n] * objective_n, differentiable in student_hidden [N, H_s] and
     student_weight [V, H_s]. weights [N] (0 on padding; 1/num_tokens gives the token mean).
@@ -362,7 +372,10 @@ def chunked_loss(
     each chunk's softmax/divergence/gradient as the Triton KL kernel where it applies (CUDA),
     else as one torch.compile'd function (on CPU for large chunks only); compile always the
     latter; none eager. objective: a per-token function of the `Objective` signature instead of
-    the registered OBJECTIVES[spec.objective] (the cross-tokenizer methods bring their own)."""
+    the registered OBJECTIVES[spec.objective] (the cross-tokenizer methods bring their own).
+    token_logprobs: stats also receives "student_logprob" [N], the log-prob of extras["targets"]
+    at temperature 1 (what a sampler of the student gives them), from the logits the loss
+    computes anyway (ondistill/consistency.py compares it with the rollout engine's)."""
     spec = spec or ObjectiveSpec()
     if spec.divergence not in DIVERGENCES:
         raise KeyError(f"unknown divergence {spec.divergence!r}; registered: {sorted(DIVERGENCES)}")
@@ -386,6 +399,7 @@ def chunked_loss(
         stats if stats is not None else {},
         fuse,
         objective or OBJECTIVES[spec.objective],
+        token_logprobs,
     )
 
 

@@ -60,6 +60,18 @@ def test_vllm_replicas_sample_what_one_engine_samples_and_all_get_the_weights(ra
     theirs = after[B.ROLLOUT_LOGPROBS][after[B.RESPONSE_MASK]]
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
     assert sum(rows[:6]) > 0 and sum(rows[6:]) > 0
+    assert after[B.ROLLOUT_REPLICA].tolist() == [0] * 6 + [1] * 4
+
+    # Run-time consistency: the train step measures each replica against the student. Both
+    # got this push; then only replica 0 gets the next one, and replica 1's drift shows.
+    synced = student.train_step(teacher.score(after))
+    assert synced["rollout_k3/r0"] < 1e-6 and synced["rollout_k3/r1"] < 1e-6
+    assert abs(synced["rollout_log_ratio/r1"]) < 1e-3
+    ray.get([a.push_weights.remote(rollout.actors[:1]) for a in student.actors])
+    stale = student.train_step(teacher.score(rollout.generate(prompts, seed=12)))
+    assert stale["rollout_k3/r0"] < 1e-6
+    assert stale["rollout_k3/r1"] > 1e-4  # two updates at lr 1e-2 behind
+    assert stale["rollout_k3_max"] == stale["rollout_k3/r1"]
     rollout.kill(), student.kill(), teacher.kill()
 
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ondistill import consistency
 from ondistill.config import LogConfig
 
 
@@ -24,6 +25,7 @@ def student_step_metrics(ranks: list[dict[str, float]], tokens: int) -> dict[str
         # the longest any rank waited for its scored rows (the teacher's time, for references)
         "fetch_s": max(r["fetch_s"] for r in ranks),
     }
+    metrics.update(consistency.combine(ranks))  # per rollout replica, on-policy steps
     if "alloc_retries" in first:
         metrics["alloc_retries"] = first["alloc_retries"]
     for total, share in (
@@ -85,11 +87,14 @@ class MetricsLogger:
             self.wandb.log(metrics, step=step)
         if self.bar and "loss" in metrics:
             self.bar.update(1)
-            self.bar.set_postfix(
-                loss=f"{metrics['loss']:.3f}",
-                kl=f"{metrics['kl']:.3f}",
-                tok_s=f"{metrics['tokens_per_s']:.0f}",
-            )
+            shown = {
+                "loss": f"{metrics['loss']:.3f}",
+                "kl": f"{metrics['kl']:.3f}",
+                "tok_s": f"{metrics['tokens_per_s']:.0f}",
+            }
+            if "rollout_k3_max" in metrics:  # on-policy: the sampler's drift from the student
+                shown["rollout_k3"] = f"{metrics['rollout_k3_max']:.1e}"
+            self.bar.set_postfix(shown)
 
     def write(self, text: str) -> None:
         if self.bar:

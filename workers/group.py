@@ -109,7 +109,14 @@ class RolloutGroup:
         refs = [
             a.generate.remote(p, seed, greedy) for a, p in zip(self.actors, parts, strict=False)
         ]
-        return lambda: B.cat_rows(ray.get(refs))
+
+        def gather() -> TensorDict:
+            parts = ray.get(refs)
+            for i, part in enumerate(parts):
+                part.set(B.ROLLOUT_REPLICA, torch.full((part.batch_size[0],), i))
+            return B.cat_rows(parts)
+
+        return gather
 
     def sleep(self) -> None:
         """Let the engines free their accelerator memory until next used (no-op on CPU)."""

@@ -14,6 +14,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import DTYPES, LossConfig, StudentConfig
+from ondistill.consistency import add, rank_sums
 from ondistill.heads import load_output_head
 from ondistill.losses import ObjectiveSpec
 from ondistill.xtok.losses import trim_teacher_padding
@@ -148,6 +149,8 @@ class StudentWorker:
         self.model.train()
         micro = td.split(self.cfg.micro_batch_size)
         loss_sum = div_sum = 0.0
+        consistency: dict[str, float] = {}
+        sampled = B.ROLLOUT_REPLICA in td.keys()  # on-policy rows: compare with the sampler
         for i, mb in enumerate(micro):
             ids, mask, pos, start = self._inputs(mb)
             teacher = self._teacher(mb, signal)
@@ -156,7 +159,7 @@ class StudentWorker:
                 "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device),
             }
             self.model.set_requires_gradient_sync(i == len(micro) - 1)
-            loss, div = self.model(
+            loss, div, lp = self.model(
                 ids,
                 mask,
                 pos,
@@ -167,7 +170,13 @@ class StudentWorker:
                 extras,
                 spec,
                 self.loss_cfg.pg_discount,
+                sampled,
             )
+            if lp is not None:
+                keep = mb[B.RESPONSE_MASK]
+                replica = mb[B.ROLLOUT_REPLICA][:, None].expand_as(keep)[keep]
+                rollout_lp = mb[B.ROLLOUT_LOGPROBS][keep]
+                add(consistency, rank_sums(lp.cpu(), rollout_lp, replica))
             loss.backward()
             loss_sum += loss.item() / self.world_size
             div_sum += div / self.world_size
@@ -184,6 +193,7 @@ class StudentWorker:
             "grad_norm": grad_norm,
             "lr": lr,
             "fetch_s": fetch_s,
+            **consistency,
         }
         if signal is B.Signal.ALIGNED:
             from ondistill.xtok.translate import aligned_starts

@@ -66,9 +66,11 @@ class KDModel(nn.Module):
         extras: dict[str, torch.Tensor],
         spec: ObjectiveSpec,
         discount: float = 0.0,
-    ) -> tuple[torch.Tensor, float]:
-        """(weighted sum of the per-token objective, weighted sum of the divergence) over the
-        response positions. teacher: the tensors of `signal` under their batch keys
+        logprobs: bool = False,
+    ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """(weighted sum of the per-token objective, weighted sum of the divergence, and with
+        `logprobs` the student's log-prob of each response token [n] where weights != 0) over
+        the response positions. teacher: the tensors of `signal` under their batch keys
         (B.SCORED_KEYS); weights, extras (targets, rollout_logprobs): [b, R]."""
         hidden = self._hidden(ids, mask, pos, start, weights.shape[1])
         head_w = self.lm.get_output_embeddings().weight
@@ -80,7 +82,14 @@ class KDModel(nn.Module):
             loss = cross_tokenizer_loss(
                 self.cross_tokenizer, pair, weights, spec, self.shared, self.chunk_size, stats
             )
-            return loss, stats["divergence"]
+            lp = None
+            if logprobs:  # the loss walks aligned chunks, not these tokens: one more pass
+                keep = weights != 0
+                lp = chunked_token_stats(
+                    hidden[keep].detach(), head_w, None, None, extras["targets"][keep],
+                    chunk_size=self.chunk_size, student_spec=self.student_spec,
+                )["student_logprob"]  # fmt: skip
+            return loss, stats["divergence"], lp
         keep = weights != 0
         h = hidden[keep]
         ex = {k: v[keep] for k, v in extras.items()}
@@ -107,9 +116,10 @@ class KDModel(nn.Module):
             reward[keep] = st["teacher_logprob"] - st["student_logprob"]
             ex["advantages"] = discounted_advantages(reward, keep.float(), discount)[keep]
         loss = chunked_loss(
-            h, head_w, side, weights[keep], spec, ex, self.chunk_size, self.student_spec, stats
-        )
-        return loss, stats["divergence"]
+            h, head_w, side, weights[keep], spec, ex, self.chunk_size, self.student_spec, stats,
+            token_logprobs=logprobs,
+        )  # fmt: skip
+        return loss, stats["divergence"], stats.get("student_logprob")
 
     def stats(
         self,
