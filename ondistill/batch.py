@@ -221,6 +221,15 @@ def split_rows(td: TensorDict, parts: int) -> list[TensorDict]:
     return list(td.split(sizes))
 
 
+def balance_rows(td: TensorDict, parts: int) -> list[TensorDict]:
+    """td's rows in `parts` pieces of about equal token count (prompt + response), each
+    piece's rows in their order (ondistill.packing.balance)."""
+    from ondistill.packing import balance
+
+    lengths = (td[PROMPT_MASK].sum(1) + td[RESPONSE_MASK].sum(1)).tolist()
+    return [td[torch.tensor(rows)] for rows in balance(lengths, min(parts, td.batch_size[0]))]
+
+
 def cat_rows(parts: list[TensorDict]) -> TensorDict:
     """The rows of rollout batches in order, their responses right-padded to the widest (each
     engine pads to its own longest answer)."""

@@ -89,6 +89,10 @@ class TeacherConfig:
     topk: int = 0  # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket
     threads: int = 2
     micro_batch_size: int = 0  # hf: sequences per forward (bounds activation memory); 0 = all
+    # hf: instead, forwards of at most this many tokens (rows of similar length together; with
+    # packing, real tokens); 0 = by micro_batch_size
+    micro_batch_tokens: int = 0
+    packing: bool = False  # hf: rows concatenated without padding (ondistill/packing.py)
     compile: bool | None = None  # hf: torch.compile each decoder block; null = on CUDA only
     # hf: a one-rank student on the teacher's GPU maps the hidden states through CUDA IPC
     # instead of receiving them through host memory
@@ -104,6 +108,10 @@ class StudentConfig:
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.1
     micro_batch_size: int = 8  # sequences per forward/backward; the rest is accumulated
+    # instead, micro-batches of at most this many tokens, rows balanced over ranks by tokens
+    # (ragged on-policy batches waste less on padding); 0 = by micro_batch_size
+    micro_batch_tokens: int = 0
+    packing: bool = False  # rows concatenated without padding (ondistill/packing.py)
     grad_clip: float = 1.0
     param_dtype: str = "float32"  # FSDP2 MixedPrecisionPolicy compute dtype
     threads: int = 2  # torch threads per rank
@@ -262,6 +270,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "student.lr": (lambda v: v > 0, "> 0"),
     "student.micro_batch_size": (lambda v: v >= 1, ">= 1"),
     "teacher.micro_batch_size": (lambda v: v >= 0, ">= 0 (0 scores the whole batch at once)"),
+    "student.micro_batch_tokens": (lambda v: v >= 0, ">= 0 (0: micro-batches by rows)"),
+    "teacher.micro_batch_tokens": (lambda v: v >= 0, ">= 0 (0: micro-batches by rows)"),
     "student.grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
     "loss.temperature": (lambda v: v > 0, "> 0"),
     "loss.jsd_beta": (lambda v: 0 <= v <= 1, "in [0, 1]"),

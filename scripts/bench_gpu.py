@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -65,6 +66,14 @@ QWEN3 = {
         intermediate_size=12288,
         tie_word_embeddings=False,
     ),
+    "14b": dict(
+        hidden_size=5120,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        intermediate_size=17408,
+        tie_word_embeddings=False,
+    ),
     # a toy shape to check this script end to end on a CPU
     "tiny": dict(
         hidden_size=64,
@@ -75,7 +84,12 @@ QWEN3 = {
         tie_word_embeddings=True,
     ),
 }
-PAIRS = {"1.7b-8b": ("1.7b", "8b"), "0.6b-4b": ("0.6b", "4b"), "tiny-tiny": ("tiny", "tiny")}
+PAIRS = {
+    "1.7b-8b": ("1.7b", "8b"),
+    "1.7b-14b": ("1.7b", "14b"),
+    "0.6b-4b": ("0.6b", "4b"),
+    "tiny-tiny": ("tiny", "tiny"),
+}
 
 
 def save_tokenizer(path: Path) -> None:
@@ -117,14 +131,23 @@ def build_model(shape: str, path: Path) -> Path:
     return path
 
 
-def write_prompts(path: Path, n: int, prompt_len: int, response_len: int) -> Path:
+def natural_length(rng: random.Random, limit: int) -> int:
+    """A response length as chat answers have them: log-normal with median limit / 4 and
+    sigma 0.8 (a long right tail; ~6% reach the limit), clipped to [8, limit]."""
+    return max(8, min(limit, round(rng.lognormvariate(math.log(limit / 4), 0.8))))
+
+
+def write_prompts(
+    path: Path, n: int, prompt_len: int, response_len: int, natural: bool = False
+) -> Path:
+    """n rows of prompt_len-token prompts with dataset responses of response_len tokens, or
+    of natural lengths up to it."""
     rng = random.Random(0)
     words = lambda k: " ".join(f"t{rng.randrange(1, VOCAB)}" for _ in range(k))  # noqa: E731
     with path.open("w") as f:
         for _ in range(n):
-            f.write(
-                json.dumps({"prompt": words(prompt_len), "response": words(response_len)}) + "\n"
-            )
+            k = natural_length(rng, response_len) if natural else response_len
+            f.write(json.dumps({"prompt": words(prompt_len), "response": words(k)}) + "\n")
     return path
 
 
@@ -237,13 +260,24 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "ray.teacher.gpus=0.3",
         "ray.student.gpus=0.3",
     ]
-    if a.gpus > 1:  # one of each role per card: data-parallel replicas, FSDP2 ranks
+    if a.placement == "split":  # the teacher on cards of its own, the rest on the others
+        others = a.gpus - a.teacher_gpus
+        overrides += [
+            f"student.world_size={others}",
+            f"rollout.replicas={others}",
+            f"teacher.replicas={a.teacher_gpus}",
+            "ray.placement=split",
+            "ray.teacher.gpus=1",
+        ]
+    elif a.gpus > 1:  # one of each role per card: data-parallel replicas, FSDP2 ranks
         overrides += [
             f"student.world_size={a.gpus}",
             f"rollout.replicas={a.gpus}",
             f"teacher.replicas={a.gpus}",
             "ray.placement=colocated",
         ]
+    if a.lengths == "natural":  # the dataset's ragged responses (off-policy; see --lengths)
+        overrides += ["trainer.on_policy_fraction=0"]
     overrides += a.extra
     if a.pair == "tiny-tiny":  # CPU check of this script: no GPU placement
         overrides = [o for o in overrides if not o.startswith("ray.")]
@@ -265,12 +299,14 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         for k in ("generate", "score", "train", "sync")
     }
     step_s = statistics.median([sum(r[f"time/{k}"] for k in stage) for r in steps])
-    tokens = steps[0]["response_tokens"]
+    tokens = statistics.median([r["response_tokens"] for r in steps])
     return {
         "system": "ondistill",
         "step_s": step_s,
         "tokens_per_step": tokens,
-        "tokens_per_s": tokens / step_s,
+        # ragged batches (--lengths natural) vary in tokens: the rate over the measured steps
+        "tokens_per_s": sum(r["response_tokens"] for r in steps)
+        / sum(sum(r[f"time/{k}"] for k in stage) for r in steps),
         "stages_s": stage,
         "wall_s": wall,
         "peak_gpu_gib": mem.peak,
@@ -280,6 +316,9 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "extra": a.extra,
         "rollout_lag": [r.get("rollout_lag") for r in steps],
         "gpus": a.gpus,
+        "placement": a.placement,
+        "losses": [r["loss"] for r in rows if "loss" in r],
+        "rollout_k3_max": [r.get("rollout_k3_max") for r in steps],
         "driver_peak_rss_gib": max(r.get("driver_rss_gib", 0.0) for r in steps),
     }
 
@@ -356,6 +395,16 @@ def main() -> None:
         help="ondistill: GPUs, each with a rollout replica, a teacher replica and a student rank "
         "(ray.placement=colocated); the step's prompts grow with them",
     )
+    p.add_argument(
+        "--placement",
+        choices=("colocated", "split"),
+        default="colocated",
+        help="ondistill with --gpus > 1: a replica of every role per card, or the teacher on "
+        "--teacher-gpus cards of its own (rollout replicas and student ranks on the rest)",
+    )
+    p.add_argument(
+        "--teacher-gpus", type=int, default=1, help="teacher cards with --placement split"
+    )
     p.add_argument("--trl-batch", type=int, default=32, help="TRL prompts per step")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=512)
@@ -370,6 +419,15 @@ def main() -> None:
         help="ondistill: generate the next batch while this one trains",
     )
     p.add_argument("--chunk", type=int, default=1024)
+    p.add_argument(
+        "--lengths",
+        choices=("fixed", "natural"),
+        default="fixed",
+        help="fixed: on-policy, every response --new-tokens long (EOS ignored); natural: "
+        "off-policy on dataset responses of log-normal lengths (median --new-tokens / 4, "
+        "clipped to [8, --new-tokens]), the ragged batches that packing is for; the rollout "
+        "stage is then the dataset's",
+    )
     p.add_argument(
         "--extra",
         nargs="*",
@@ -392,10 +450,11 @@ def main() -> None:
     student = build_model(s_shape, work / f"qwen3-{s_shape}")
     teacher = build_model(t_shape, work / f"qwen3-{t_shape}")
     prompts = write_prompts(
-        work / f"prompts_{a.prompt_len}.jsonl",
-        max(a.prompts * a.gpus, a.trl_batch) * 4,
+        work / f"prompts_{a.prompt_len}_{a.new_tokens}_{a.lengths}.jsonl",
+        max(a.prompts * a.gpus, a.trl_batch) * (a.steps + 2),
         a.prompt_len,
         a.new_tokens,
+        natural=a.lengths == "natural",
     )
     print(f"[bench] models and prompts ready in {time.perf_counter() - t0:.0f}s", flush=True)
     rate = matmul_rate()
@@ -412,7 +471,7 @@ def main() -> None:
         out = work / f"run_{system}_{int(time.time())}"
         if system == "ondistill":
             res = run_ondistill(a, teacher, student, prompts, out)
-            if "error" not in res and rate:
+            if "error" not in res and rate and a.lengths == "fixed":
                 flops = train_flops(
                     QWEN3[s_shape],
                     QWEN3[t_shape],

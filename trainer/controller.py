@@ -134,7 +134,9 @@ class Controller:
         stage = stage_at(self.stages, self.updates)
         tokens, rows = int(batch[B.RESPONSE_MASK].sum()), batch.batch_size[0]
         with timed(timings, "train"):
-            parts = self.teacher.score_parts(batch, self.student.world_size, hand_over=True)
+            parts = self.teacher.score_parts(
+                batch, self.student.world_size, hand_over=True, by_tokens=self.student.by_tokens
+            )
             metrics = self.student.train_parts(
                 parts, tokens, rows, stage.objective, stage.divergence, stage.lr_scale
             )

@@ -41,6 +41,10 @@ OPERATIONAL = (
     "teacher.share_gpu",
     "teacher.micro_batch_size",
     "student.micro_batch_size",
+    "teacher.micro_batch_tokens",
+    "student.micro_batch_tokens",
+    "teacher.packing",
+    "student.packing",
 )
 
 

@@ -165,14 +165,17 @@ class TeacherGroup:
             self.share = all(m is not None and m == t for m, t in zip(mine, theirs, strict=True))
         return self.share
 
-    def score_parts(self, batch: TensorDict, parts: int, hand_over: bool = False) -> list:
-        """Score `batch` in `parts` contiguous pieces (part i on replica i mod replicas) and
-        return a Ray reference per piece, without waiting: whoever holds a reference (a student
-        rank) fetches the scored rows from the replica's node itself, so they never pass
-        through this process. hand_over: the pieces go straight into one train step, so
-        their hidden states may stay on the GPU (share_gpu_with) until the next call."""
+    def score_parts(
+        self, batch: TensorDict, parts: int, hand_over: bool = False, by_tokens: bool = False
+    ) -> list:
+        """Score `batch` in `parts` pieces (part i on replica i mod replicas) and return a
+        Ray reference per piece, without waiting: whoever holds a reference (a student rank)
+        fetches the scored rows from the replica's node itself, so they never pass through
+        this process. hand_over: the pieces go straight into one train step, so their hidden
+        states may stay on the GPU (share_gpu_with) until the next call. by_tokens: pieces
+        balanced by token count (ragged batches), else contiguous and even in rows."""
         share = {"share": True} if hand_over and self.share and parts == len(self.actors) else {}
-        pieces = B.split_rows(batch, parts)
+        pieces = B.balance_rows(batch, parts) if by_tokens else B.split_rows(batch, parts)
         return [
             self.actors[i % len(self.actors)].score.remote(p, **share) for i, p in enumerate(pieces)
         ]
@@ -211,6 +214,7 @@ class StudentGroup:
         from workers.student.actor import StudentWorker
 
         self.world_size, self.student_dir = cfg.world_size, student_dir
+        self.by_tokens = cfg.micro_batch_tokens > 0  # ranks get rows balanced by tokens
         self.actors = [
             _remote(StudentWorker, place or Placement(), slot).remote(r, cfg.world_size, cfg, loss)
             for r, slot in enumerate(slots or [None] * cfg.world_size)

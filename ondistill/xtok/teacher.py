@@ -14,7 +14,9 @@ from ondistill.xtok.translate import Translator
 class Scorer(Protocol):
     def score(self, batch: TensorDict, hand_over: bool = False) -> TensorDict: ...
 
-    def score_parts(self, batch: TensorDict, parts: int, hand_over: bool = False) -> list: ...
+    def score_parts(
+        self, batch: TensorDict, parts: int, hand_over: bool = False, by_tokens: bool = False
+    ) -> list: ...
 
     def kill(self) -> None: ...
 
@@ -30,9 +32,12 @@ class CrossTokenizerTeacher:
         teacher_batch, s_chunk, t_chunk = self.translator.to_teacher(batch)
         return self.translator.merge(batch, self.group.score(teacher_batch), s_chunk, t_chunk)
 
-    def score_parts(self, batch: TensorDict, parts: int, hand_over: bool = False) -> list:
+    def score_parts(
+        self, batch: TensorDict, parts: int, hand_over: bool = False, by_tokens: bool = False
+    ) -> list:
         """The merge needs the teacher's rows here, so these pieces pass through the driver."""
-        return B.split_rows(self.score(batch), parts)
+        scored = self.score(batch)
+        return B.balance_rows(scored, parts) if by_tokens else B.split_rows(scored, parts)
 
     def kill(self) -> None:
         self.group.kill()

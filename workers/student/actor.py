@@ -17,6 +17,7 @@ from ondistill.config import DTYPES, LossConfig, StudentConfig
 from ondistill.consistency import add, rank_sums
 from ondistill.heads import load_output_head
 from ondistill.losses import ObjectiveSpec
+from ondistill.packing import attention, even_out, micro_batches, row_lengths
 from ondistill.xtok.losses import trim_teacher_padding
 from workers.compile import wants_compile
 from workers.student.kd_model import KDModel, parallelize
@@ -72,7 +73,11 @@ class StudentWorker:
         )
         mesh = torch.distributed.device_mesh.init_device_mesh(self.device.type, (self.world_size,))
         torch.manual_seed(0)
-        lm = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+        lm = AutoModelForCausalLM.from_pretrained(
+            student_dir,
+            dtype=torch.float32,
+            attn_implementation=attention(self.cfg.packing, self.device),
+        )
         head = load_output_head(teacher_dir) if teacher_dir else None
         if head is not None:
             # In the student's compute dtype: an fp32 teacher head next to bf16 hidden states
@@ -92,6 +97,8 @@ class StudentWorker:
             self.loss_cfg.chunk_size,
             self.loss_cfg.cross_tokenizer,
             shared,
+            self.cfg.packing,
+            self.cfg.micro_batch_tokens if self.device.type == "cuda" else 0,
         )
         self.model: Any = parallelize(  # KDModel, made an FSDPModule by fully_shard
             kd, mesh, DTYPES[self.cfg.param_dtype], wants_compile(self.cfg.compile, self.device)
@@ -147,7 +154,7 @@ class StudentWorker:
         signal = B.signal_of(td)  # after receive: an IPC handle has become the tensor
         spec = ObjectiveSpec.from_config(self.loss_cfg, objective, divergence)
         self.model.train()
-        micro = td.split(self.cfg.micro_batch_size)
+        micro = self._micro_batches(td)
         loss_sum = div_sum = 0.0
         consistency: dict[str, float] = {}
         sampled = B.ROLLOUT_REPLICA in td.keys()  # on-policy rows: compare with the sampler
@@ -206,6 +213,26 @@ class StudentWorker:
             # allocator retries = the card ran full and blocks were freed mid-step (slow)
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
             torch.cuda.empty_cache()  # the teacher and rollout share this card
+        return out
+
+    def _micro_batches(self, td: TensorDict) -> list[TensorDict]:
+        """This rank's rows in micro-batches: of student.micro_batch_size rows, or within
+        student.micro_batch_tokens tokens (ondistill/packing.py), as many on every rank (each
+        forward all-gathers the sharded weights on all of them). An empty one (a rank with
+        fewer rows than the others' micro-batches) runs a row at zero weight."""
+        if not self.cfg.micro_batch_tokens:
+            return list(td.split(self.cfg.micro_batch_size))
+        ids, mask, _ = B.full_sequence(td)
+        bins = micro_batches(row_lengths(mask), self.cfg.micro_batch_tokens, self.cfg.packing)
+        count = torch.tensor(len(bins), device=self.device)  # nccl reduces on the GPU
+        if self.world_size > 1:
+            dist.all_reduce(count, dist.ReduceOp.MAX)
+        out = []
+        for rows in even_out(bins, int(count)):
+            mb = td[torch.tensor(rows or [0])]
+            if not rows:
+                mb.set(B.RESPONSE_MASK, torch.zeros_like(mb[B.RESPONSE_MASK]))
+            out.append(mb)
         return out
 
     def _teacher(self, td: TensorDict, signal: B.Signal) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from ondistill.losses import (
     chunked_token_stats,
     discounted_advantages,
 )
+from ondistill.packing import forward_columns, forward_packed
 from ondistill.xtok.losses import AlignedPair, aligned_stats, cross_tokenizer_loss
 from ondistill.xtok.vocab import SharedVocab
 from workers.compile import compile_blocks
@@ -37,8 +38,13 @@ class KDModel(nn.Module):
         chunk_size: int,
         cross_tokenizer: str = "none",
         shared: SharedVocab | None = None,
+        packing: bool = False,
+        pad_to: int = 0,
     ):
+        """packing: training forwards run on packed rows (ondistill/packing.py), filled up to
+        pad_to tokens (static shapes for the compiled blocks)."""
         super().__init__()
+        self.packing, self.pad_to = packing, pad_to
         self.lm = lm
         self.teacher_head = teacher_head
         self.chunk_size = chunk_size
@@ -46,8 +52,10 @@ class KDModel(nn.Module):
         self.cross_tokenizer, self.shared = cross_tokenizer, shared
 
     def _hidden(self, ids, mask, pos, start: int, width: int) -> torch.Tensor:
-        out = self.lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos)
-        return out.last_hidden_state[:, start : start + width]
+        span, decoder = slice(start, start + width), self.lm.get_decoder()
+        if self.packing and self.training:
+            return forward_packed(decoder, ids, mask, span, self.pad_to)
+        return forward_columns(decoder, ids, mask, pos, span)
 
     def _head(self) -> OutputHead:
         if self.teacher_head is None:

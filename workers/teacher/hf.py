@@ -11,6 +11,13 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import DTYPES, TeacherConfig
 from ondistill.heads import HeadSpec, OutputHead
+from ondistill.packing import (
+    attention,
+    forward_columns,
+    forward_packed,
+    micro_batches,
+    row_lengths,
+)
 from workers.compile import compile_blocks, wants_compile
 from workers.weights import pack, unpack
 
@@ -26,14 +33,18 @@ class HFTeacher:
         self.dtype = DTYPES[cfg.dtype]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         lm = (
-            AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
+            AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=self.dtype, attn_implementation=attention(cfg.packing, self.device)
+            )
+            .to(self.device)
+            .eval()
         )
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
         self.lm, self.decoder = lm, lm.get_decoder()
         if wants_compile(cfg.compile, self.device):
             compile_blocks(self.decoder)
-        self.topk, self.micro = cfg.topk, cfg.micro_batch_size
+        self.topk, self.micro, self.cfg = cfg.topk, cfg.micro_batch_size, cfg
         if self.topk:  # a teacher that sends top-k must apply its own head
             self.head = OutputHead(
                 lm.get_output_embeddings().weight.detach(),
@@ -49,19 +60,7 @@ class HFTeacher:
         if self.shared is not None:
             self.shared = None
             torch.cuda.ipc_collect()  # free the previous step's handed-over blocks
-        ids, mask, pos = B.full_sequence(batch)
-        rows, span = ids.shape[0], B.response_positions(batch)
-        step = self.micro or rows
-        hidden = torch.cat(
-            [
-                self.decoder(
-                    input_ids=ids[i : i + step].to(self.device),
-                    attention_mask=mask[i : i + step].to(self.device),
-                    position_ids=pos[i : i + step].to(self.device),
-                ).last_hidden_state[:, span]
-                for i in range(0, rows, step)
-            ]
-        )
+        hidden = self._hidden(*B.full_sequence(batch), B.response_positions(batch))
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
         signal = B.Signal.TOPK if self.topk else B.Signal.HIDDEN_IPC if share else B.Signal.HIDDEN
@@ -77,6 +76,31 @@ class HFTeacher:
         else:
             batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
         return B.scored(batch, signal, "teacher.score")
+
+    def _hidden(self, ids, mask, pos, span: slice) -> torch.Tensor:
+        """Final hidden states [b, width, H] of columns `span`, in micro-batches of
+        teacher.micro_batch_size rows or of teacher.micro_batch_tokens tokens, each run
+        packed (teacher.packing) or over the columns its rows use."""
+        rows, cfg = ids.shape[0], self.cfg
+        if cfg.micro_batch_tokens:
+            bins = micro_batches(row_lengths(mask), cfg.micro_batch_tokens, cfg.packing)
+        else:
+            step = self.micro or rows
+            bins = [list(range(i, min(i + step, rows))) for i in range(0, rows, step)]
+        pad_to = cfg.micro_batch_tokens if self.device.type == "cuda" else 0
+        out = None
+        for part in bins:
+            pick = torch.tensor(part)
+            i, m, p = (t[pick].to(self.device) for t in (ids, mask, pos))
+            if cfg.packing:
+                h = forward_packed(self.decoder, i, m, span, pad_to)
+            else:
+                h = forward_columns(self.decoder, i, m, p, span)
+            if out is None:
+                out = h.new_empty((rows, *h.shape[1:]))
+            out[pick.to(self.device)] = h
+        assert out is not None  # a batch has rows
+        return out
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
