@@ -128,6 +128,8 @@ def build_model(shape: str, path: Path) -> Path:
     model.save_pretrained(tmp)
     save_tokenizer(tmp)
     os.replace(tmp, path)
+    del model
+    torch.cuda.empty_cache()  # this process stays up while the systems run: hand the card back
     return path
 
 
@@ -218,6 +220,12 @@ class GpuMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def on_policy(a) -> bool:
+    """Whether ondistill samples (n_samples rows per prompt) or reads the dataset's responses
+    (one row per prompt)."""
+    return a.lengths == "fixed" and "trainer.on_policy_fraction=0" not in a.extra
 
 
 def context(a) -> int:
@@ -475,7 +483,7 @@ def main() -> None:
                 flops = train_flops(
                     QWEN3[s_shape],
                     QWEN3[t_shape],
-                    a.prompts * a.samples,
+                    a.prompts * (a.samples if on_policy(a) else 1),
                     a.prompt_len,
                     a.new_tokens,
                 )
