@@ -221,6 +221,13 @@ def split_rows(td: TensorDict, parts: int) -> list[TensorDict]:
     return list(td.split(sizes))
 
 
+def set_topk(td: TensorDict, ids: torch.Tensor, logprobs: torch.Tensor) -> TensorDict:
+    """A top-k teacher's signal [B, R, k] on the batch, marked as such."""
+    td.set(TEACHER_TOPK_IDS, ids.cpu())
+    td.set(TEACHER_TOPK_LOGPROBS, logprobs.float().cpu())
+    return td
+
+
 def balance_rows(td: TensorDict, parts: int) -> list[TensorDict]:
     """td's rows in `parts` pieces of about equal token count (prompt + response), each
     piece's rows in their order (ondistill.packing.balance)."""

@@ -45,6 +45,21 @@ class OutputHead:
         return self.spec.apply((hidden.to(self.weight.dtype) @ self.weight.T).float())
 
 
+def topk_logprobs(
+    head: OutputHead, hidden: torch.Tensor, k: int, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [..., H] -> the head's top-k (ids int64, log-probs float32), both [..., k],
+    computed `chunk` positions at a time so the whole [positions, vocab] never exists."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    ids, logprobs = [], []
+    for i in range(0, flat.shape[0], chunk):
+        top = torch.log_softmax(head.logits(flat[i : i + chunk]), -1).topk(k, -1)
+        ids.append(top.indices)
+        logprobs.append(top.values)
+    shape = (*hidden.shape[:-1], k)
+    return torch.cat(ids).view(shape), torch.cat(logprobs).view(shape)
+
+
 def load_output_head(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> OutputHead:
     """Read only the output head of a safetensors checkpoint (not the whole model)."""
     from safetensors import safe_open

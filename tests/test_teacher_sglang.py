@@ -102,6 +102,7 @@ def test_weight_update_changes_outputs_to_the_new_weights(engines, smollm2_dir):
     model.load_state_dict(new, strict=False)
     ref = HFTeacher.__new__(HFTeacher)  # the HF teacher, on the new weights
     ref.dtype, ref.device, ref.topk, ref.micro = torch.float32, torch.device("cpu"), 0, 0
+    ref.cfg = TeacherConfig()
     ref.decoder = model.model
     after, expected = sgl.score(mixed_batch()), ref.score(mixed_batch())
     m = after[B.RESPONSE_MASK]

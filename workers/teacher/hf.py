@@ -10,7 +10,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import DTYPES, TeacherConfig
-from ondistill.heads import HeadSpec, OutputHead
+from ondistill.heads import HeadSpec, OutputHead, topk_logprobs
 from ondistill.packing import (
     attention,
     forward_columns,
@@ -65,10 +65,7 @@ class HFTeacher:
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
         signal = B.Signal.TOPK if self.topk else B.Signal.HIDDEN_IPC if share else B.Signal.HIDDEN
         if signal is B.Signal.TOPK:
-            top = torch.log_softmax(self.head.logits(hidden.flatten(0, 1)), -1).topk(self.topk, -1)
-            shape = (*hidden.shape[:2], self.topk)
-            batch.set(B.TEACHER_TOPK_IDS, top.indices.view(shape).cpu())
-            batch.set(B.TEACHER_TOPK_LOGPROBS, top.values.view(shape).cpu())
+            B.set_topk(batch, *topk_logprobs(self.head, hidden, self.topk))
         elif signal is B.Signal.HIDDEN_IPC:
             self.shared = hidden
             torch.cuda.synchronize()  # the student reads it on another process's stream

@@ -16,6 +16,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import DTYPES, TeacherConfig
+from ondistill.heads import load_output_head, topk_logprobs
 
 
 class SGLangTeacher:
@@ -38,8 +39,10 @@ class SGLangTeacher:
                 "teacher.backend=sglang needs SGLang: run scripts/setup.sh (CPU) "
                 "or pip install sglang (GPU)."
             ) from e
-        if cfg.topk:
-            raise ValueError("teacher.topk is served by the hf teacher backend only for now.")
+        # A top-k teacher applies its own output head to the hidden states SGLang returns
+        # (chunked: the [tokens, vocab] logits never exist whole).
+        self.topk = cfg.topk
+        self.head = load_output_head(model_dir) if cfg.topk else None
         torch.set_num_threads(max(1, cfg.threads))
         self.dtype = DTYPES[cfg.dtype]
         device_args = (
@@ -91,6 +94,11 @@ class SGLangTeacher:
                 hidden = torch.zeros(*r_ids.shape, h.shape[-1], dtype=self.dtype)
             start, n = int(pm.sum()) - 1, int(rm.sum())
             hidden[row, :n] = h[start : start + n].to(self.dtype)  # position t predicts token t+1
+        if hidden is None:
+            raise ValueError("teacher.score got a batch without rows")
+        if self.head is not None:
+            B.set_topk(batch, *topk_logprobs(self.head, hidden, self.topk))
+            return B.scored(batch, B.Signal.TOPK, "teacher.score")
         batch.set(B.TEACHER_HIDDEN, hidden)
         return B.scored(batch, B.Signal.HIDDEN, "teacher.score")
 
