@@ -388,9 +388,17 @@ class Session:
 
 
 def driver_peak_rss_gib() -> float:
-    """This process's peak resident memory: what the driver held, hidden states or not."""
+    """This process's peak resident memory: what the driver held, hidden states or not.
+    Linux's VmHWM belongs to this program's address space; getrusage's ru_maxrss (the fallback
+    elsewhere) survives exec, so a driver started by a big process would report the parent's
+    peak (seen: 28.5 GiB from a benchmark that had just written a 14B model)."""
     import resource
 
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # KiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
