@@ -85,6 +85,9 @@ def sampling_seed(seed: int, call: int) -> int:
 class TeacherConfig:
     backend: str = "hf"  # hf | sglang
     replicas: int = 1  # data-parallel teacher actors (ray.teacher per actor)
+    # hf: tensor-parallel ranks per replica (transformers' tp_plan, one Ray actor each asking
+    # ray.teacher), for a teacher that does not fit one card
+    tp_size: int = 1
     dtype: str = "float32"
     topk: int = 0  # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket
     threads: int = 2
@@ -264,6 +267,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "rollout.n_samples": (lambda v: v >= 1, ">= 1"),
     "rollout.replicas": (lambda v: v >= 1, ">= 1"),
     "teacher.replicas": (lambda v: v >= 1, ">= 1"),
+    "teacher.tp_size": (lambda v: v >= 1, ">= 1"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.sync_every": (lambda v: v >= 1, ">= 1"),
     "student.world_size": (lambda v: v >= 1, ">= 1"),
@@ -336,6 +340,16 @@ def validate(cfg: Config) -> Config:
             "loss.temperature=1 only; set teacher.topk=0 to send hidden states."
         )
     _validate_cross_tokenizer(cfg, objectives)
+    if cfg.teacher.tp_size > 1 and cfg.teacher.backend != "hf":
+        raise ConfigError(
+            f"teacher.tp_size={cfg.teacher.tp_size} is served by teacher.backend=hf; "
+            "set teacher.backend=hf or teacher.tp_size=1."
+        )
+    if cfg.teacher.tp_size > 1 and cfg.ray.placement != "none":
+        raise ConfigError(
+            f"teacher.tp_size={cfg.teacher.tp_size} places each rank by ray.teacher alone; "
+            "set ray.placement=none."
+        )
     if "sft" in objectives and not cfg.loss.ce_coef:
         raise ConfigError(
             "loss.objective=sft trains on cross-entropy alone; set loss.ce_coef>0 "

@@ -34,6 +34,8 @@ from ondistill.model_files import resolve
         ("rollout.threads", 0, "rollout.threads=0 is out of range; it must be >= 1"),
         ("teacher.threads", -2, "teacher.threads=-2 is out of range"),
         ("student.threads", 0, "student.threads=0 is out of range"),
+        ("student.micro_batch_tokens", -1, "student.micro_batch_tokens=-1 is out of range"),
+        ("teacher.tp_size", 0, "teacher.tp_size=0 is out of range; it must be >= 1"),
         (
             "rollout.max_model_len",
             100,
@@ -48,6 +50,16 @@ def test_bad_config_values(key, value, needle):
     section, field = key.split(".")
     setattr(getattr(cfg, section), field, value)
     with pytest.raises(ConfigError, match=re.escape(needle)):
+        validate(cfg)
+
+
+def test_tensor_parallel_teacher_needs_the_hf_backend_and_no_placement_group():
+    cfg = Config()
+    cfg.teacher.tp_size, cfg.teacher.backend = 2, "sglang"
+    with pytest.raises(ConfigError, match="teacher.tp_size=2 is served by teacher.backend=hf"):
+        validate(cfg)
+    cfg.teacher.backend, cfg.ray.placement = "hf", "split"
+    with pytest.raises(ConfigError, match="set ray.placement=none"):
         validate(cfg)
 
 

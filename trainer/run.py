@@ -154,7 +154,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     check_resources(
         {
             "rollout": (cfg.ray.rollout, cfg.rollout.replicas),
-            "teacher": (cfg.ray.teacher, cfg.teacher.replicas),
+            "teacher": (cfg.ray.teacher, cfg.teacher.replicas * cfg.teacher.tp_size),
             "student": (cfg.ray.student, cfg.student.world_size),
         }
     )

@@ -144,11 +144,19 @@ class TeacherGroup:
         slots: list[Slot | None] | None = None,
     ):
         cls: type[TeacherEngine] = load_class(TEACHER_BACKENDS, backend)
-        self.actors = [
-            _remote(cls, place or Placement(), slot).remote(model_dir, cfg)
-            for slot in slots or [None] * cfg.replicas
-        ]
-        self.cfg, self.can_share = cfg, cls.shares_gpu
+        self.actors = []  # one per replica (its tensor-parallel rank 0)
+        self.followers: list[list] = []  # each replica's other tensor-parallel ranks
+        for slot in slots or [None] * cfg.replicas:
+            remote = _remote(cls, place or Placement(), slot)
+            if cfg.tp_size == 1:
+                self.actors.append(remote.remote(model_dir, cfg))
+                continue
+            ranks = [remote.remote(model_dir, cfg, r) for r in range(cfg.tp_size)]
+            master = ray.get(ranks[0].tp_address.remote())
+            ray.get([r.join.remote(master) for r in ranks])
+            self.actors.append(ranks[0])
+            self.followers.append(ranks[1:])
+        self.cfg, self.can_share = cfg, cls.shares_gpu and cfg.tp_size == 1
         self.share = False
 
     def share_gpu_with(self, student: StudentGroup) -> bool:
@@ -176,9 +184,15 @@ class TeacherGroup:
         balanced by token count (ragged batches), else contiguous and even in rows."""
         share = {"share": True} if hand_over and self.share and parts == len(self.actors) else {}
         pieces = B.balance_rows(batch, parts) if by_tokens else B.split_rows(batch, parts)
-        return [
-            self.actors[i % len(self.actors)].score.remote(p, **share) for i, p in enumerate(pieces)
-        ]
+        refs = []
+        for i, piece in enumerate(pieces):
+            replica = i % len(self.actors)
+            if self.followers:  # tensor-parallel: every rank runs the same forwards
+                piece = ray.put(piece)
+                for rank in self.followers[replica]:
+                    rank.follow.remote(piece)
+            refs.append(self.actors[replica].score.remote(piece, **share))
+        return refs
 
     def score(self, batch: TensorDict, hand_over: bool = False) -> TensorDict:
         """The scored batch here (evaluation keeps it; a translator merges it); hand_over as in
@@ -190,7 +204,7 @@ class TeacherGroup:
         ray.get([a.update_weights.remote(named_tensors) for a in self.actors])
 
     def kill(self) -> None:
-        for a in self.actors:
+        for a in self.actors + [f for ranks in self.followers for f in ranks]:
             try:  # engines with server processes of their own stop them first
                 ray.get(a.shutdown.remote(), timeout=30)
             except Exception:

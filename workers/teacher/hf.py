@@ -10,7 +10,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import DTYPES, TeacherConfig
-from ondistill.heads import HeadSpec, OutputHead, topk_logprobs
+from ondistill.heads import OutputHead, load_output_head, topk_logprobs
 from ondistill.packing import (
     attention,
     forward_columns,
@@ -26,30 +26,70 @@ class HFTeacher:
     shares_gpu: ClassVar[bool] = True  # score(share=True): see TeacherGroup.share_gpu_with
     shared: torch.Tensor | None = None  # hidden states a student is mapping (IPC)
 
-    def __init__(self, model_dir: str, cfg: TeacherConfig):
-        from transformers import AutoModelForCausalLM
-
+    def __init__(self, model_dir: str, cfg: TeacherConfig, tp_rank: int = 0):
+        """With teacher.tp_size > 1 this is rank tp_rank of a tensor-parallel replica and
+        loads nothing until `join` (its group's address comes from rank 0's `tp_address`)."""
         torch.set_num_threads(max(1, cfg.threads))
+        self.model_dir, self.cfg, self.tp_rank = model_dir, cfg, tp_rank
         self.dtype = DTYPES[cfg.dtype]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        lm = (
-            AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype=self.dtype, attn_implementation=attention(cfg.packing, self.device)
-            )
-            .to(self.device)
-            .eval()
+        self.topk, self.micro = cfg.topk, cfg.micro_batch_size
+        if cfg.tp_size == 1:
+            self._load()
+
+    def _load(self, tp: bool = False) -> None:
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(
+            self.model_dir,
+            dtype=self.dtype,
+            attn_implementation=attention(self.cfg.packing, self.device),
+            **({"tp_plan": "auto"} if tp else {}),  # each rank holds its shard, on its device
         )
+        lm = (lm if tp else lm.to(self.device)).eval()
         # Only the decoder: its last_hidden_state is post final norm, and the output head
         # (the [tokens, vocab] part) runs on the student side, chunked.
         self.lm, self.decoder = lm, lm.get_decoder()
-        if wants_compile(cfg.compile, self.device):
+        if wants_compile(self.cfg.compile, self.device):
             compile_blocks(self.decoder)
-        self.topk, self.micro, self.cfg = cfg.topk, cfg.micro_batch_size, cfg
         if self.topk:  # a teacher that sends top-k must apply its own head
-            self.head = OutputHead(
-                lm.get_output_embeddings().weight.detach(),
-                HeadSpec.from_config(lm.config.to_dict()),
-            )
+            head = load_output_head(self.model_dir, self.dtype)  # for its spec (and whole)
+            # untouched by TP: the model's own tensor, which update_weights changes in place
+            weight = head.weight.to(self.device) if tp else lm.get_output_embeddings().weight
+            self.head = OutputHead(weight.detach(), head.spec)
+
+    def tp_address(self) -> tuple[str, int]:
+        """Where this replica's rank 0 listens for its tensor-parallel group."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join(self, master: tuple[str, int]) -> None:
+        """Join this replica's tensor-parallel group (nccl on GPU, gloo on CPU) and load this
+        rank's shard of the teacher."""
+        import os
+
+        import torch.distributed as dist
+
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master[0], str(master[1])
+        os.environ["LOCAL_RANK"] = "0"  # each rank's actor sees its own device as device 0
+        dist.init_process_group(
+            "nccl" if self.device.type == "cuda" else "gloo",
+            rank=self.tp_rank,
+            world_size=self.cfg.tp_size,
+        )
+        self._load(tp=True)
+
+    @torch.no_grad()
+    def follow(self, batch: TensorDict) -> None:
+        """A tensor-parallel rank other than 0: the same forwards as rank 0's `score` (every
+        layer all-reduces across the ranks), whose result only rank 0 sends."""
+        self._hidden(*B.full_sequence(batch), B.response_positions(batch))
 
     @torch.no_grad()
     def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
@@ -102,6 +142,8 @@ class HFTeacher:
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load (HF parameter name, tensor) pairs in place: a teacher that follows a student."""
+        if self.cfg.tp_size > 1:
+            raise NotImplementedError("weight updates of a tensor-parallel teacher (tp_size > 1)")
         params = dict(self.lm.named_parameters())
         for name, tensor in named_tensors:
             if name not in params:
