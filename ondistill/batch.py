@@ -9,6 +9,10 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
   teacher_hidden   [B, R, H] teacher's final hidden state (post final norm) at the position
                    that PREDICTS response token r, i.e. sequence position P + r - 1
   prompt_index     [B] int64, which prompt of the step a row came from (N samples share one)
+  teacher_context_ids / teacher_context_mask  [B, P_c] a prompt only the teacher sees (the
+                   row's `teacher_prompt`, e.g. with a hint or the reference answer), LEFT-padded;
+                   the teacher scores the same response tokens after it (full_sequence(td,
+                   teacher=True)); the student never reads it
   rollout_replica  [B] int64, which rollout engine replica sampled the row (absent on dataset
                    rows); the student measures each replica's consistency with it
   dataset_response_ids / dataset_response_mask  [B, R_d] the dataset's responses, RIGHT-padded,
@@ -52,6 +56,8 @@ ROLLOUT_LOGPROBS = "rollout_logprobs"
 TEACHER_HIDDEN = "teacher_hidden"
 PROMPT_INDEX = "prompt_index"
 ROLLOUT_REPLICA = "rollout_replica"
+TEACHER_CONTEXT_IDS = "teacher_context_ids"
+TEACHER_CONTEXT_MASK = "teacher_context_mask"
 TEACHER_TOPK_IDS = "teacher_topk_ids"
 TEACHER_TOPK_LOGPROBS = "teacher_topk_logprobs"
 TEACHER_HIDDEN_IPC = "teacher_hidden_ipc"
@@ -195,20 +201,35 @@ def check(td: TensorDict, keys: tuple[str, ...], stage: str) -> TensorDict:
     return td
 
 
-def full_sequence(td: TensorDict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids [B, P+R], attention_mask [B, P+R], position_ids [B, P+R]) for a forward pass.
+def _prompt(td: TensorDict, teacher: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if teacher and TEACHER_CONTEXT_IDS in td.keys():
+        return td[TEACHER_CONTEXT_IDS], td[TEACHER_CONTEXT_MASK]
+    return td[PROMPT_IDS], td[PROMPT_MASK]
+
+
+def teacher_prompt(td: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the prompt the teacher scores after: its own where the batch has one."""
+    return _prompt(td, teacher=True)
+
+
+def full_sequence(
+    td: TensorDict, teacher: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids [B, P+R], attention_mask [B, P+R], position_ids [B, P+R]) for a forward pass;
+    teacher: after the teacher's own prompt where the batch has one (TEACHER_CONTEXT_IDS).
 
     Prompts are left-padded, so position ids come from the mask, not from arange.
     """
-    ids = torch.cat([td[PROMPT_IDS], td[RESPONSE_IDS]], dim=1)
-    mask = torch.cat([td[PROMPT_MASK], td[RESPONSE_MASK]], dim=1).long()
+    p_ids, p_mask = _prompt(td, teacher)
+    ids = torch.cat([p_ids, td[RESPONSE_IDS]], dim=1)
+    mask = torch.cat([p_mask, td[RESPONSE_MASK]], dim=1).long()
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
     return ids, mask, pos
 
 
-def response_positions(td: TensorDict) -> slice:
+def response_positions(td: TensorDict, teacher: bool = False) -> slice:
     """Slice of the full sequence whose hidden states predict the response tokens."""
-    p = td[PROMPT_IDS].shape[1]
+    p = _prompt(td, teacher)[0].shape[1]
     r = td[RESPONSE_IDS].shape[1]
     return slice(p - 1, p + r - 1)
 

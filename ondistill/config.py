@@ -49,6 +49,10 @@ class DataConfig:
     max_prompt_tokens: int = 128
     chat_template: bool = True  # wrap each prompt in the tokenizer's chat template
     bad_rows: str = "error"  # error | skip
+    # A prompt only the teacher sees, for rows without their own "teacher_prompt": a format
+    # string of {prompt} and {response} (e.g. "{prompt}\n\nA reference answer: {response}");
+    # the student's prompt and response are unchanged. "" = none.
+    teacher_prompt: str = ""
 
 
 @dataclass
@@ -85,6 +89,12 @@ def sampling_seed(seed: int, call: int) -> int:
 class TeacherConfig:
     backend: str = "hf"  # hf | sglang
     replicas: int = 1  # data-parallel teacher actors (ray.teacher per actor)
+    # Self-distillation: the teacher is a copy of the student (model.teacher is not read),
+    # whose weights are pushed into the teacher engine every self_every updates: the
+    # student's own (live) or their exponential moving average (ema, rate ema_decay).
+    self_distill: str = "none"  # none | live | ema
+    self_every: int = 1
+    ema_decay: float = 0.99
     # hf: tensor-parallel ranks per replica (transformers' tp_plan, one Ray actor each asking
     # ray.teacher), for a teacher that does not fit one card
     tp_size: int = 1
@@ -258,6 +268,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.bad_rows": ("error", "skip"),
     "log.wandb": ("offline", "online", "disabled"),
     "ray.placement": ("none", "colocated", "split"),
+    "teacher.self_distill": ("none", "live", "ema"),
 }
 
 # key -> (predicate, what the value must be)
@@ -268,6 +279,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "rollout.replicas": (lambda v: v >= 1, ">= 1"),
     "teacher.replicas": (lambda v: v >= 1, ">= 1"),
     "teacher.tp_size": (lambda v: v >= 1, ">= 1"),
+    "teacher.self_every": (lambda v: v >= 1, ">= 1"),
+    "teacher.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.sync_every": (lambda v: v >= 1, ">= 1"),
     "student.world_size": (lambda v: v >= 1, ">= 1"),
@@ -340,6 +353,13 @@ def validate(cfg: Config) -> Config:
             "loss.temperature=1 only; set teacher.topk=0 to send hidden states."
         )
     _validate_cross_tokenizer(cfg, objectives)
+    if cfg.teacher.self_distill != "none" and (
+        cfg.teacher.tp_size > 1 or cfg.loss.cross_tokenizer != "none"
+    ):
+        raise ConfigError(
+            f"teacher.self_distill={cfg.teacher.self_distill} copies the student into one "
+            "teacher engine; set teacher.tp_size=1 and loss.cross_tokenizer=none."
+        )
     if cfg.teacher.tp_size > 1 and cfg.teacher.backend != "hf":
         raise ConfigError(
             f"teacher.tp_size={cfg.teacher.tp_size} is served by teacher.backend=hf; "

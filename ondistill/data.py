@@ -33,6 +33,8 @@ class Example:
     response_ids: list[int] | None  # tokenized reference response, EOS included
     teacher_prompt_ids: list[int] | None = None  # cross-tokenizer: in the teacher's template
     prompt: str = ""  # the row's text, for reading the answers (evaluation samples)
+    # a prompt only the teacher sees (the row's teacher_prompt, or data.teacher_prompt filled in)
+    teacher_context_ids: list[int] | None = None
 
 
 def _prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
@@ -62,11 +64,12 @@ def _check_row(raw: str, where: str) -> dict:
         )
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{where}: 'prompt' is missing or empty; give a non-empty string.")
-    response = row.get("response")
-    if response is not None and not isinstance(response, str):
-        raise DataError(
-            f"{where}: 'response' is a {type(response).__name__}; give a string or leave it out."
-        )
+    for key in ("response", "teacher_prompt"):
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            raise DataError(
+                f"{where}: '{key}' is a {type(value).__name__}; give a string or leave it out."
+            )
     return row
 
 
@@ -162,7 +165,18 @@ class PromptSet:
         teacher_ids = None
         if self.teacher_tokenizer is not None:
             teacher_ids = _prompt_ids(self.teacher_tokenizer, row["prompt"], cfg.chat_template)
-        return Example(ids, response, teacher_ids, row["prompt"])
+        context = row.get("teacher_prompt")
+        if context is None and cfg.teacher_prompt:
+            if "{response}" in cfg.teacher_prompt and row.get("response") is None:
+                raise DataError(
+                    f"{where}: data.teacher_prompt uses {{response}} but the row has no "
+                    "'response'; add one or drop {response} from the template."
+                )
+            context = cfg.teacher_prompt.format(
+                prompt=row["prompt"], response=row.get("response", "")
+            )
+        context_ids = _prompt_ids(tok, context, cfg.chat_template) if context else None
+        return Example(ids, response, teacher_ids, row["prompt"], context_ids)
 
     def require_responses(self, why: str) -> None:
         """Off-policy batches need a reference response on every training row."""
@@ -245,6 +259,11 @@ def collate_prompts(
         t_ids, t_mask = pad_rows(t_rows, teacher_pad_id, left=True)
         td.set(B.XT_PROMPT_IDS, t_ids)
         td.set(B.XT_PROMPT_MASK, t_mask)
+    if any(e.teacher_context_ids is not None for e in examples):
+        c_rows = [e.teacher_context_ids or e.prompt_ids for e in examples]  # else its own
+        c_ids, c_mask = pad_rows(c_rows, pad_id, left=True)
+        td.set(B.TEACHER_CONTEXT_IDS, c_ids)
+        td.set(B.TEACHER_CONTEXT_MASK, c_mask)
     if responses:
         rows = [e.response_ids for e in examples]
         if any(r is None for r in rows):

@@ -72,6 +72,11 @@ class Controller:
     student: StudentGroup
     stages: list[Stage]  # config.schedule(): the on-policy share and objective per update
     sync_every: int = 1
+    # self-distillation: the teacher engine the student's weights (or their EMA) go into,
+    # every follow_every updates
+    follower: TeacherGroup | None = None
+    follow_ema: bool = False
+    follow_every: int = 1
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.cfg.seed)  # GKD's per-batch on/off-policy coin
@@ -143,6 +148,9 @@ class Controller:
         timings["time/score"] = metrics.pop("fetch_s")
         timings["time/train"] -= timings["time/score"]
         self.updates += 1
+        if self.follower is not None and self.updates % self.follow_every == 0:
+            with timed(timings, "teacher_sync"):
+                self.student.push_teacher(self.follower, self.follow_ema)
         step_time = sum(timings.values())
         return {
             **metrics,

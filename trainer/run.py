@@ -105,12 +105,14 @@ def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, Promp
         outdir.check(out_dir, dataclasses.asdict(cfg), tr.resume)
     check_resume(tr.resume)
     rows = read_rows(cfg.data)
-    teacher_dir = resolve(cfg.model.teacher, cfg.model.cache_dir)
     student_dir = derive_student(
         resolve(cfg.model.student, cfg.model.cache_dir),
         list(cfg.model.student_keep_layers),
         cfg.model.cache_dir,
     )
+    # self-distillation: the teacher starts as the student itself
+    self_distill = cfg.teacher.self_distill != "none"
+    teacher_dir = student_dir if self_distill else resolve(cfg.model.teacher, cfg.model.cache_dir)
     tokenizer, teacher_tokenizer = check_tokenizers(
         teacher_dir, student_dir, cfg.loss.cross_tokenizer
     )
@@ -235,6 +237,8 @@ class Session:
             cfg.ray.student,
             self.layout.student,
         )
+        if cfg.teacher.self_distill == "ema":
+            self.student.track_ema(cfg.teacher.ema_decay)
         if translator is None and group.share_gpu_with(self.student):
             print(
                 "[ondistill] teacher hidden states reach the student through CUDA IPC (same GPU)",
@@ -271,6 +275,9 @@ class Session:
             self.student,
             schedule(cfg),
             cfg.rollout.sync_every,
+            follower=group if cfg.teacher.self_distill != "none" else None,
+            follow_ema=cfg.teacher.self_distill == "ema",
+            follow_every=cfg.teacher.self_every,
         )
         self.startup_s = time.perf_counter() - start
 
@@ -374,6 +381,8 @@ class Session:
     def _restore(self, ckpt: Path) -> tuple[int, dict, list[dict]]:
         state = json.loads((ckpt / "controller.json").read_text())
         self.student.load(str(ckpt))
+        if self.controller.follower is not None:  # the teacher restarts from the student
+            self.student.push_teacher(self.controller.follower, self.controller.follow_ema)
         self.student.push_weights(self.rollout)  # the engine must sample from these weights
         self.controller.load_state(state["controller"])
         return state["step"], state["results"], state["history"]

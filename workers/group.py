@@ -305,6 +305,18 @@ class StudentGroup:
         """Every rollout replica gets the student's weights; returns bytes sent per engine."""
         return max(ray.get([a.push_weights.remote(rollout.handles) for a in self.actors]))
 
+    def track_ema(self, decay: float) -> None:
+        ray.get([a.track_ema.remote(decay) for a in self.actors])
+
+    def full_state(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        """The full parameters (or their EMA) under HF names, here."""
+        return ray.get([a.full_state.remote(ema) for a in self.actors])[0]
+
+    def push_teacher(self, teacher: TeacherGroup, ema: bool) -> int:
+        """Self-distillation: every teacher replica gets the student's weights or their EMA
+        from rank 0 (not through this process)."""
+        return ray.get([a.push_teacher.remote(teacher.actors, ema) for a in self.actors])[0]
+
     def save_hf(self, path: str) -> None:
         ray.get([a.save_hf.remote(path, self.student_dir) for a in self.actors])
 

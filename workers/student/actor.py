@@ -43,6 +43,15 @@ class StudentWorker:
     def __init__(self, rank: int, world_size: int, cfg: StudentConfig, loss: LossConfig):
         self.rank, self.world_size, self.cfg, self.loss_cfg = rank, world_size, cfg, loss
         torch.set_num_threads(max(1, cfg.threads))
+        # Self-distillation's EMA teacher: a moving average of this rank's parameter shards
+        # (DTensors like the parameters), updated after every optimizer step.
+        self.ema: dict[str, torch.Tensor] | None = None
+        self.ema_decay = 0.0
+
+    def track_ema(self, decay: float) -> None:
+        """Start the EMA from the current weights (call after setup)."""
+        self.ema_decay = decay
+        self.ema = {n: p.detach().clone() for n, p in self.model.lm.named_parameters()}
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (called on rank 0 only)."""
@@ -193,6 +202,10 @@ class StudentWorker:
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for name, p in self.model.lm.named_parameters():
+                    self.ema[name].lerp_(p.detach(), 1 - self.ema_decay)
         self.optimizer.zero_grad(set_to_none=True)
         out = {
             "loss": loss_sum,
@@ -293,6 +306,38 @@ class StudentWorker:
         state = get_model_state_dict(self.model.lm, options=opts)
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
+    @torch.no_grad()
+    def full_state(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        """The student's parameters (or their EMA) as full CPU tensors under HF names, on
+        rank 0 ({} on the others); all ranks must call it (each tensor is all-gathered)."""
+        if ema and self.ema is None:
+            raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
+        source = (
+            self.ema if ema and self.ema is not None else dict(self.model.lm.named_parameters())
+        )
+        out = {}
+        for name, t in source.items():
+            full = t.full_tensor() if hasattr(t, "full_tensor") else t
+            if self.rank == 0:
+                out[name] = full.detach().cpu()
+        return out
+
+    def push_teacher(self, teachers: list, ema: bool, bucket_mb: int = 256) -> int:
+        """Self-distillation: the student's weights (or their EMA) into the teacher engine
+        actors, in buckets, from rank 0 through Ray; all ranks must call it. Returns bytes."""
+        import ray
+
+        state = self.full_state(ema)
+        sent, bucket, size = 0, [], 0
+        for name in list(state):
+            tensor = state.pop(name)
+            bucket.append((name, tensor))
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_mb << 20 or not state:
+                ray.get([t.update_weights.remote(bucket) for t in teachers])
+                sent, bucket, size = sent + size, [], 0
+        return sent
+
     def push_weights(self, engines: list, bucket_mb: int = 256) -> int:
         """Stream the student's weights to rollout engine actors in buckets of ~bucket_mb.
 
@@ -368,7 +413,10 @@ class StudentWorker:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=f"{path}/student")
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+        if self.ema is not None:
+            state["ema"] = self.ema
+        dcp.save(state, checkpoint_id=f"{path}/student")
         torch.save(
             {"scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()},
             f"{path}/student_extra_rank{self.rank}.pt",
@@ -381,6 +429,8 @@ class StudentWorker:
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+        if self.ema is not None:
+            state["ema"] = self.ema  # loaded in place
         dcp.load(state, checkpoint_id=f"{path}/student")
         set_state_dict(
             self.model,

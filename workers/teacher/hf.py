@@ -89,7 +89,7 @@ class HFTeacher:
     def follow(self, batch: TensorDict) -> None:
         """A tensor-parallel rank other than 0: the same forwards as rank 0's `score` (every
         layer all-reduces across the ranks), whose result only rank 0 sends."""
-        self._hidden(*B.full_sequence(batch), B.response_positions(batch))
+        self._hidden(batch)
 
     @torch.no_grad()
     def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
@@ -100,7 +100,7 @@ class HFTeacher:
         if self.shared is not None:
             self.shared = None
             torch.cuda.ipc_collect()  # free the previous step's handed-over blocks
-        hidden = self._hidden(*B.full_sequence(batch), B.response_positions(batch))
+        hidden = self._hidden(batch)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # hand cached activation blocks back to the shared card
         signal = B.Signal.TOPK if self.topk else B.Signal.HIDDEN_IPC if share else B.Signal.HIDDEN
@@ -114,10 +114,13 @@ class HFTeacher:
             batch.set(B.TEACHER_HIDDEN, hidden.to(self.dtype).cpu())
         return B.scored(batch, signal, "teacher.score")
 
-    def _hidden(self, ids, mask, pos, span: slice) -> torch.Tensor:
-        """Final hidden states [b, width, H] of columns `span`, in micro-batches of
-        teacher.micro_batch_size rows or of teacher.micro_batch_tokens tokens, each run
-        packed (teacher.packing) or over the columns its rows use."""
+    def _hidden(self, batch: TensorDict) -> torch.Tensor:
+        """Final hidden states [b, R, H] predicting the response tokens (after the teacher's
+        own prompt where the batch has one), in micro-batches of teacher.micro_batch_size rows
+        or of teacher.micro_batch_tokens tokens, each run packed (teacher.packing) or over the
+        columns its rows use."""
+        ids, mask, pos = B.full_sequence(batch, teacher=True)
+        span = B.response_positions(batch, teacher=True)
         rows, cfg = ids.shape[0], self.cfg
         if cfg.micro_batch_tokens:
             bins = micro_batches(row_lengths(mask), cfg.micro_batch_tokens, cfg.packing)

@@ -71,7 +71,7 @@ class SGLangTeacher:
     @torch.no_grad()
     def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
         B.check(batch, B.ROLLOUT, "teacher.score")
-        p_ids, p_mask = batch[B.PROMPT_IDS], batch[B.PROMPT_MASK]
+        p_ids, p_mask = B.teacher_prompt(batch)
         r_ids, r_mask = batch[B.RESPONSE_IDS], batch[B.RESPONSE_MASK]
         seqs = [
             torch.cat([p[pm], r[rm]]).tolist()
