@@ -105,3 +105,14 @@ def init_ray(address: str = "", num_cpus: int = 0, **kwargs: Any) -> None:
             logging_level=logging.WARNING,
             **kwargs,
         )
+
+
+def free_address() -> tuple[str, int]:
+    """This node's address and a free port on it: where a process group's rank 0 listens
+    (the FSDP2 student's, a tensor-parallel teacher replica's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from typing import Any
 
@@ -55,12 +54,9 @@ class StudentWorker:
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (called on rank 0 only)."""
-        import ray
+        from workers.ray_env import free_address
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return free_address()
 
     def setup(
         self, master: tuple[str, int], student_dir: str, teacher_dir: str | None, total_steps: int
@@ -235,7 +231,7 @@ class StudentWorker:
         fewer rows than the others' micro-batches) runs a row at zero weight."""
         if not self.cfg.micro_batch_tokens:
             return list(td.split(self.cfg.micro_batch_size))
-        ids, mask, _ = B.full_sequence(td)
+        _, mask, _ = B.full_sequence(td)
         bins = micro_batches(row_lengths(mask), self.cfg.micro_batch_tokens, self.cfg.packing)
         count = torch.tensor(len(bins), device=self.device)  # nccl reduces on the GPU
         if self.world_size > 1:

@@ -60,14 +60,9 @@ class HFTeacher:
 
     def tp_address(self) -> tuple[str, int]:
         """Where this replica's rank 0 listens for its tensor-parallel group."""
-        import socket
+        from workers.ray_env import free_address
 
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return free_address()
 
     def join(self, master: tuple[str, int]) -> None:
         """Join this replica's tensor-parallel group (nccl on GPU, gloo on CPU) and load this
