@@ -74,6 +74,14 @@ QWEN3 = {
         intermediate_size=17408,
         tie_word_embeddings=False,
     ),
+    "32b": dict(
+        hidden_size=5120,
+        num_hidden_layers=64,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        intermediate_size=25600,
+        tie_word_embeddings=False,
+    ),
     # a toy shape to check this script end to end on a CPU
     "tiny": dict(
         hidden_size=64,
@@ -88,6 +96,10 @@ PAIRS = {
     "1.7b-8b": ("1.7b", "8b"),
     "1.7b-14b": ("1.7b", "14b"),
     "0.6b-4b": ("0.6b", "4b"),
+    # the seed paper's pairs (KDFlow, 8 GPUs)
+    "4b-14b": ("4b", "14b"),
+    "4b-32b": ("4b", "32b"),
+    "1.7b-32b": ("1.7b", "32b"),
     "tiny-tiny": ("tiny", "tiny"),
 }
 
