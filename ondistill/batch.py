@@ -254,8 +254,13 @@ def balance_rows(td: TensorDict, parts: int) -> list[TensorDict]:
     piece's rows in their order (ondistill.packing.balance)."""
     from ondistill.packing import balance
 
-    lengths = (td[PROMPT_MASK].sum(1) + td[RESPONSE_MASK].sum(1)).tolist()
-    return [td[torch.tensor(rows)] for rows in balance(lengths, min(parts, td.batch_size[0]))]
+    parts = min(parts, td.batch_size[0])
+    return [td[torch.tensor(rows)] for rows in balance(row_tokens(td), parts)]
+
+
+def row_tokens(td: TensorDict) -> list[int]:
+    """Real tokens (prompt + response) per row."""
+    return (td[PROMPT_MASK].sum(1) + td[RESPONSE_MASK].sum(1)).tolist()
 
 
 def cat_rows(parts: list[TensorDict]) -> TensorDict:

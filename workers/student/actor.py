@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from ondistill.config import DTYPES, LossConfig, StudentConfig
 from ondistill.consistency import add, rank_sums
 from ondistill.heads import load_output_head
 from ondistill.losses import ObjectiveSpec
-from ondistill.packing import attention, even_out, micro_batches, row_lengths
+from ondistill.packing import attention, even_out, micro_batches
 from ondistill.xtok.losses import trim_teacher_padding
 from workers.compile import wants_compile
 from workers.student.kd_model import KDModel, parallelize
@@ -36,6 +37,24 @@ def lr_lambda(cfg: StudentConfig, total_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
 
     return fn
+
+
+def buckets(
+    state: dict[str, torch.Tensor], bucket_mb: int, cast: torch.dtype | None = None
+) -> Iterator[tuple[list[tuple[str, torch.Tensor]], int]]:
+    """(named tensors, bytes) buckets of ~bucket_mb, emptying `state` as it goes (each fp32
+    tensor is freed once cast); floating tensors cast to `cast` when given."""
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name in list(state):
+        tensor = state.pop(name)
+        if cast is not None and tensor.is_floating_point():
+            tensor = tensor.to(cast)
+        bucket.append((name, tensor))
+        size += tensor.numel() * tensor.element_size()
+        if size >= bucket_mb << 20 or not state:
+            yield bucket, size
+            bucket, size = [], 0
 
 
 class StudentWorker:
@@ -231,8 +250,7 @@ class StudentWorker:
         fewer rows than the others' micro-batches) runs a row at zero weight."""
         if not self.cfg.micro_batch_tokens:
             return list(td.split(self.cfg.micro_batch_size))
-        _, mask, _ = B.full_sequence(td)
-        bins = micro_batches(row_lengths(mask), self.cfg.micro_batch_tokens, self.cfg.packing)
+        bins = micro_batches(B.row_tokens(td), self.cfg.micro_batch_tokens, self.cfg.packing)
         count = torch.tensor(len(bins), device=self.device)  # nccl reduces on the GPU
         if self.world_size > 1:
             dist.all_reduce(count, dist.ReduceOp.MAX)
@@ -323,15 +341,10 @@ class StudentWorker:
         actors, in buckets, from rank 0 through Ray; all ranks must call it. Returns bytes."""
         import ray
 
-        state = self.full_state(ema)
-        sent, bucket, size = 0, [], 0
-        for name in list(state):
-            tensor = state.pop(name)
-            bucket.append((name, tensor))
-            size += tensor.numel() * tensor.element_size()
-            if size >= bucket_mb << 20 or not state:
-                ray.get([t.update_weights.remote(bucket) for t in teachers])
-                sent, bucket, size = sent + size, [], 0
+        sent = 0
+        for bucket, size in buckets(self.full_state(ema), bucket_mb):
+            ray.get([t.update_weights.remote(bucket) for t in teachers])
+            sent += size
         return sent
 
     def push_weights(self, engines: list, bucket_mb: int = 256) -> int:
@@ -362,29 +375,17 @@ class StudentWorker:
         # On GPU the engines compute in bf16: sending fp32 master weights would double the bytes.
         cast = torch.bfloat16 if self.device.type == "cuda" else None
         keep_alive: list[torch.Tensor] = []  # IPC'd tensors must outlive the engines' flush
-        sent, bucket, size = 0, [], 0
-
-        def send(items: list[tuple[str, torch.Tensor]]) -> None:
-            keep_alive.extend(t for _, t in items)
+        sent = 0
+        # Every name goes, a tied lm_head too: without "lm_head.weight" vLLM CPU's layer-wise
+        # reload keeps the old head (its log-probs then miss the student's by up to 0.4).
+        for bucket, size in buckets(state, bucket_mb, cast):
+            keep_alive.extend(t for _, t in bucket)
             ray.get(
                 [
-                    e.update_weights.remote([(n, pack(t, ipc)) for n, t in items])
+                    e.update_weights.remote([(n, pack(t, ipc)) for n, t in bucket])
                     for e, ipc in zip(engines, same_gpu, strict=True)
                 ]
             )
-
-        # Every name goes, a tied lm_head too: without "lm_head.weight" vLLM CPU's layer-wise
-        # reload keeps the old head (its log-probs then miss the student's by up to 0.4).
-        for name in list(state):
-            tensor = state.pop(name)  # frees the fp32 copy as soon as it is cast
-            tensor = tensor.to(cast) if cast is not None and tensor.is_floating_point() else tensor
-            bucket.append((name, tensor))
-            size += tensor.numel() * tensor.element_size()
-            if size >= bucket_mb << 20:
-                send(bucket)
-                sent, bucket, size = sent + size, [], 0
-        if bucket:
-            send(bucket)
             sent += size
         ray.get([e.flush.remote() for e in engines])
         keep_alive.clear()

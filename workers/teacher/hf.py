@@ -10,7 +10,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import DTYPES, TeacherConfig
-from ondistill.heads import OutputHead, load_output_head, topk_logprobs
+from ondistill.heads import HeadSpec, OutputHead, load_output_head, topk_logprobs
 from ondistill.packing import (
     attention,
     forward_columns,
@@ -33,7 +33,7 @@ class HFTeacher:
         self.model_dir, self.cfg, self.tp_rank = model_dir, cfg, tp_rank
         self.dtype = DTYPES[cfg.dtype]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.topk, self.micro = cfg.topk, cfg.micro_batch_size
+        self.topk = cfg.topk
         if cfg.tp_size == 1:
             self._load()
 
@@ -53,10 +53,12 @@ class HFTeacher:
         if wants_compile(self.cfg.compile, self.device):
             compile_blocks(self.decoder)
         if self.topk:  # a teacher that sends top-k must apply its own head
-            head = load_output_head(self.model_dir, self.dtype)  # for its spec (and whole)
-            # untouched by TP: the model's own tensor, which update_weights changes in place
-            weight = head.weight.to(self.device) if tp else lm.get_output_embeddings().weight
-            self.head = OutputHead(weight.detach(), head.spec)
+            if tp:  # the model holds a shard of it: the whole head from the checkpoint
+                head = load_output_head(self.model_dir, self.dtype)
+                self.head = OutputHead(head.weight.to(self.device), head.spec)
+            else:  # the model's own tensor, which update_weights changes in place
+                weight = lm.get_output_embeddings().weight.detach()
+                self.head = OutputHead(weight, HeadSpec.from_config(lm.config.to_dict()))
 
     def tp_address(self) -> tuple[str, int]:
         """Where this replica's rank 0 listens for its tensor-parallel group."""
@@ -120,7 +122,7 @@ class HFTeacher:
         if cfg.micro_batch_tokens:
             bins = micro_batches(row_lengths(mask), cfg.micro_batch_tokens, cfg.packing)
         else:
-            step = self.micro or rows
+            step = cfg.micro_batch_size or rows
             bins = [list(range(i, min(i + step, rows))) for i in range(0, rows, step)]
         pad_to = cfg.micro_batch_tokens if self.device.type == "cuda" else 0
         out = None
