@@ -87,7 +87,9 @@ def sampling_seed(seed: int, call: int) -> int:
 
 @dataclass
 class TeacherConfig:
-    backend: str = "hf"  # hf | sglang
+    # auto: sglang on a GPU driver where SGLang is importable (here, or on a PYTHONPATH given
+    # in ray.teacher.env), else hf
+    backend: str = "auto"  # auto | hf | sglang
     replicas: int = 1  # data-parallel teacher actors (ray.teacher per actor)
     # Self-distillation: the teacher is a copy of the student (model.teacher is not read),
     # whose weights are pushed into the teacher engine every self_every updates: the
@@ -107,9 +109,12 @@ class TeacherConfig:
     micro_batch_tokens: int = 0
     packing: bool = False  # hf: rows concatenated without padding (ondistill/packing.py)
     compile: bool | None = None  # hf: torch.compile each decoder block; null = on CUDA only
-    # hf: a one-rank student on the teacher's GPU maps the hidden states through CUDA IPC
+    # a one-rank student on the teacher's GPU maps the hidden states through CUDA IPC
     # instead of receiving them through host memory
     share_gpu: bool = True
+    gpu_memory_utilization: float = 0.3  # sglang on GPU: its share of the card (weights + KV)
+    # sglang: more Engine keyword arguments, e.g. {attention_backend: triton} where FA3 is absent
+    engine_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,6 +228,9 @@ class Placement:
     cpus: float = 1.0
     gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
+    # environment of this role's processes, e.g. {PYTHONPATH: "/opt/sgl:${PYTHONPATH}"} for an
+    # engine whose pinned dependencies differ from the rest (Ray expands ${VAR})
+    env: dict[str, str] = field(default_factory=dict)
 
     def amounts(self) -> dict[str, float]:
         """Every resource it asks for, under Ray's names (CPU, GPU, custom)."""
@@ -257,7 +265,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "rollout.backend": ("auto", *ROLLOUT_BACKENDS),
-    "teacher.backend": tuple(TEACHER_BACKENDS),
+    "teacher.backend": ("auto", *TEACHER_BACKENDS),
     "teacher.dtype": tuple(DTYPES),
     "student.schedule": ("cosine", "linear", "constant"),
     "student.param_dtype": ("float32", "bfloat16"),
@@ -360,7 +368,7 @@ def validate(cfg: Config) -> Config:
             f"teacher.self_distill={cfg.teacher.self_distill} copies the student into one "
             "teacher engine; set teacher.tp_size=1 and loss.cross_tokenizer=none."
         )
-    if cfg.teacher.tp_size > 1 and cfg.teacher.backend != "hf":
+    if cfg.teacher.tp_size > 1 and cfg.teacher.backend == "sglang":
         raise ConfigError(
             f"teacher.tp_size={cfg.teacher.tp_size} is served by teacher.backend=hf; "
             "set teacher.backend=hf or teacher.tp_size=1."

@@ -40,6 +40,9 @@ class OutputHead:
     weight: torch.Tensor
     spec: HeadSpec
 
+    def to(self, device: torch.device | str) -> OutputHead:
+        return OutputHead(self.weight.to(device), self.spec)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] -> logits [N, V] in float32 (the matmul in the head's dtype)."""
         return self.spec.apply((hidden.to(self.weight.dtype) @ self.weight.T).float())

@@ -296,6 +296,19 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
             f"teacher.replicas={a.gpus}",
             "ray.placement=colocated",
         ]
+    if a.teacher_backend == "sglang":
+        overrides += [
+            "teacher.backend=sglang",
+            f"teacher.gpu_memory_utilization={a.sglang_memory}",
+            # FA3 and flashinfer's JIT are absent on the lent GPU image
+            "+teacher.engine_args.attention_backend=triton",
+            "+teacher.engine_args.sampling_backend=pytorch",
+            "+teacher.engine_args.grammar_backend=none",
+            "+teacher.engine_args.disable_cuda_graph=true",  # prefill only: no decode graphs
+        ]
+        if a.sglang_path:  # its own transformers, for the teacher's actor only
+            path = f"{a.sglang_path}:{os.environ.get('PYTHONPATH', '')}"
+            overrides += [f'+ray.teacher.env.PYTHONPATH="{path}"']
     if a.lengths == "natural":  # the dataset's ragged responses (off-policy; see --lengths)
         overrides += ["trainer.on_policy_fraction=0"]
     overrides += a.extra
@@ -339,6 +352,7 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "placement": a.placement,
         "losses": [r["loss"] for r in rows if "loss" in r],
         "rollout_k3_max": [r.get("rollout_k3_max") for r in steps],
+        "teacher_backend": a.teacher_backend,
         "driver_peak_rss_gib": max(r.get("driver_rss_gib", 0.0) for r in steps),
     }
 
@@ -439,6 +453,15 @@ def main() -> None:
         help="ondistill: generate the next batch while this one trains",
     )
     p.add_argument("--chunk", type=int, default=1024)
+    p.add_argument("--teacher-backend", choices=("hf", "sglang"), default="hf")
+    p.add_argument(
+        "--sglang-memory", type=float, default=0.3, help="SGLang's share of the free memory"
+    )
+    p.add_argument(
+        "--sglang-path",
+        default="",
+        help="an SGLang install with its own transformers, first on the teacher actor's path",
+    )
     p.add_argument(
         "--lengths",
         choices=("fixed", "natural"),

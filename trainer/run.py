@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from ondistill.config import Config, ConfigError, Placement, schedule, validate
+from ondistill.config import Config, ConfigError, Placement, TeacherConfig, schedule, validate
 from ondistill.data import PromptSet
 from ondistill.model_files import derive_student, resolve
 
@@ -36,6 +36,21 @@ def pick_rollout_backend(name: str) -> str:
             "rollout.backend=hf."
         )
     return name
+
+
+def pick_teacher_backend(name: str, cfg: TeacherConfig, env: dict[str, str]) -> str:
+    """auto -> sglang where the teacher would run on a GPU and can import SGLang (from this
+    environment or a PYTHONPATH of ray.teacher.env), else hf (also for tensor-parallel
+    teachers, which only hf serves)."""
+    if name != "auto":
+        return name
+    import torch
+
+    paths = [p for p in env.get("PYTHONPATH", "").split(":") if p and "$" not in p]
+    has_sglang = importlib.util.find_spec("sglang") is not None or any(
+        (Path(p) / "sglang").is_dir() for p in paths
+    )
+    return "sglang" if torch.cuda.is_available() and has_sglang and cfg.tp_size == 1 else "hf"
 
 
 def check_tokenizers(teacher_dir: Path, student_dir: Path, cross_tokenizer: str = "none"):
@@ -146,6 +161,9 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     plan(cfg)  # a placement its replicas cannot take is refused before any work
     teacher_dir, student_dir, prompts = prepare(cfg, out_dir)
     backend = pick_rollout_backend(cfg.rollout.backend)
+    cfg.teacher.backend = pick_teacher_backend(
+        cfg.teacher.backend, cfg.teacher, cfg.ray.teacher.env
+    )
     print(
         f"[ondistill] teacher {teacher_dir}\n[ondistill] student {student_dir}\n"
         f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "

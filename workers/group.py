@@ -31,6 +31,8 @@ def _remote(cls: type, place: Placement, slot: Slot | None = None) -> Any:
     options: dict[str, Any] = dict(
         num_cpus=place.cpus, num_gpus=place.gpus, resources=dict(place.resources) or None
     )
+    if place.env:  # merged with the job's env_vars by Ray
+        options["runtime_env"] = {"env_vars": dict(place.env)}
     if slot is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

@@ -1,15 +1,18 @@
 """Teacher scoring with SGLang's offline Engine: final hidden states (post final norm) for the
 response positions, from token ids (never re-tokenized).
 
-On CPU this needs SGLANG_USE_CPU_ENGINE=1 and the shims of ondistill/compat/sglang_cpu (put on
-the path by scripts/setup.sh); on GPU SGLang's own CUDA kernels run and no shim is involved.
+The Engine's scheduler (another process) hands the hidden states over as tensors, on GPU as
+CUDA IPC handles (workers/teacher/sglang_scheduler.py): on a card shared with a one-rank
+student they reach the student without a host copy. On CPU this needs SGLANG_USE_CPU_ENGINE=1
+and the shims of ondistill/compat/sglang_cpu (put on the path by scripts/setup.sh); on GPU
+SGLang's own CUDA kernels run.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from tensordict import TensorDict
@@ -17,60 +20,71 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import DTYPES, TeacherConfig
 from ondistill.heads import load_output_head, topk_logprobs
+from workers.weights import pack, unpack
 
 
 class SGLangTeacher:
-    shares_gpu: ClassVar[bool] = (
-        False  # its scheduler process owns the tensors (the SGLang-on-GPU issue)
-    )
+    shares_gpu: ClassVar[bool] = True  # score(share=True): see TeacherGroup.share_gpu_with
 
     def __init__(self, model_dir: str, cfg: TeacherConfig):
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
             os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")  # else it wants vLLM's CUDA ops
-        # Hidden states cross from SGLang's scheduler process as tensors, not nested lists
-        # (ondistill/compat/sglang_cpu/ondistill_sglang_hidden.py; pickle IPC carries tensors).
-        os.environ.setdefault("ONDISTILL_SGLANG_HIDDEN_TENSORS", "1")
+        # SGLang >= 0.5.2x sends scheduler outputs through msgspec, typed as float lists,
+        # unless told to pickle them: pickle carries the tensors of sglang_scheduler.py.
         os.environ.setdefault("SGLANG_USE_PICKLE_IPC", "1")
         try:
-            import sglang as sgl
+            from sglang.srt.entrypoints.engine import Engine as SGLangEngine
         except ImportError as e:
             raise RuntimeError(
                 "teacher.backend=sglang needs SGLang: run scripts/setup.sh (CPU) "
                 "or pip install sglang (GPU)."
             ) from e
+        from workers.teacher.sglang_scheduler import run_scheduler
+
+        class Engine(SGLangEngine):
+            run_scheduler_process_func = staticmethod(run_scheduler)
+
         # A top-k teacher applies its own output head to the hidden states SGLang returns
         # (chunked: the [tokens, vocab] logits never exist whole).
         self.topk = cfg.topk
-        self.head = load_output_head(model_dir) if cfg.topk else None
-        torch.set_num_threads(max(1, cfg.threads))
         self.dtype = DTYPES[cfg.dtype]
-        device_args = (
-            {}
+        self.device = torch.device("cuda" if self.on_gpu else "cpu")
+        self.head = load_output_head(model_dir).to(self.device) if cfg.topk else None
+        torch.set_num_threads(max(1, cfg.threads))
+        self.shared: torch.Tensor | None = None  # the last hidden states handed over (share)
+        device_args: dict[str, Any] = (
+            {"mem_fraction_static": cfg.gpu_memory_utilization}
             if self.on_gpu
             else {
                 "device": "cpu",
                 "attention_backend": "torch_native",
                 "disable_cuda_graph": True,
                 "max_total_tokens": 16384,
+                "mem_fraction_static": 0.15,
             }
         )
-        self.engine = sgl.Engine(
+        self.engine = Engine(
             model_path=model_dir,
             dtype=cfg.dtype,
-            mem_fraction_static=0.15 if not self.on_gpu else 0.3,
             enable_return_hidden_states=True,
             chunked_prefill_size=-1,  # chunked prefill drops the hidden states of early chunks
             disable_radix_cache=True,
             skip_server_warmup=True,
             log_level="warning",
             sleep_on_idle=True,  # an idle scheduler would otherwise spin a whole core
-            **device_args,
+            **{**device_args, **cfg.engine_args},
         )
 
     @torch.no_grad()
     def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
+        """share: keep the hidden states on this GPU and send a CUDA IPC handle instead
+        (B.TEACHER_HIDDEN_IPC), for a student on the same GPU, as the hf teacher does; they
+        stay alive until the next call."""
         B.check(batch, B.ROLLOUT, "teacher.score")
+        if self.shared is not None:
+            self.shared = None
+            torch.cuda.ipc_collect()  # free the previous step's handed-over blocks
         p_ids, p_mask = B.teacher_prompt(batch)
         r_ids, r_mask = batch[B.RESPONSE_IDS], batch[B.RESPONSE_MASK]
         seqs = [
@@ -81,25 +95,39 @@ class SGLangTeacher:
         outs = self.engine.generate(
             input_ids=seqs, sampling_params={"max_new_tokens": 1}, return_hidden_states=True
         )
-        hidden = None
+        hidden, mapped = None, []
         for row, (seq, out, pm, rm) in enumerate(zip(seqs, outs, p_mask, r_mask, strict=True)):
-            h = out["meta_info"]["hidden_states"][0]
-            h = h if isinstance(h, torch.Tensor) else torch.tensor(h)
+            h = unpack(out["meta_info"]["hidden_states"][0])  # this GPU's memory, or CPU
+            mapped.append(h)  # rows of one SGLang forward share a mapping: keep it open
+            if not isinstance(h, torch.Tensor):
+                raise RuntimeError(
+                    "SGLang returned hidden states as lists: workers/teacher/sglang_scheduler.py "
+                    "did not take over its result processor; check that this SGLang version "
+                    "still has SchedulerBatchResultProcessor._append_prefill_hidden_states."
+                )
             if h.shape[0] != len(seq):
                 raise RuntimeError(
                     f"SGLang returned {h.shape[0]} hidden states for {len(seq)} "
                     "tokens; keep chunked prefill off (chunked_prefill_size=-1)."
                 )
             if hidden is None:
-                hidden = torch.zeros(*r_ids.shape, h.shape[-1], dtype=self.dtype)
+                hidden = torch.zeros(
+                    *r_ids.shape, h.shape[-1], dtype=self.dtype, device=self.device
+                )
             start, n = int(pm.sum()) - 1, int(rm.sum())
-            hidden[row, :n] = h[start : start + n].to(self.dtype)  # position t predicts token t+1
+            hidden[row, :n] = h[start : start + n]  # position t predicts token t+1
+        del mapped  # closes the mappings: SGLang can free its copies
         if hidden is None:
             raise ValueError("teacher.score got a batch without rows")
         if self.head is not None:
             B.set_topk(batch, *topk_logprobs(self.head, hidden, self.topk))
             return B.scored(batch, B.Signal.TOPK, "teacher.score")
-        batch.set(B.TEACHER_HIDDEN, hidden)
+        if share:
+            self.shared = hidden
+            torch.cuda.synchronize()  # the student reads it on another process's stream
+            batch.set_non_tensor(B.TEACHER_HIDDEN_IPC, pack(hidden, ipc=True))
+            return B.scored(batch, B.Signal.HIDDEN_IPC, "teacher.score")
+        batch.set(B.TEACHER_HIDDEN, hidden.cpu())
         return B.scored(batch, B.Signal.HIDDEN, "teacher.score")
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
