@@ -1,6 +1,6 @@
 """The score stage alone: the SGLang teacher vs the hf teacher on the same card, same batch.
 
-Builds a random bf16 Qwen3-shaped teacher (scripts/bench_gpu.py's shapes), then runs each
+Builds a random bf16 Qwen3-shaped teacher (scripts/gpu_models.py), then runs each
 backend in a process of its own (SGLang may need its own transformers: --sglang-path puts its
 install first on that process's path only) on one step's worth of rows, as the controller hands
 them to a teacher: token ids in, final hidden states of the response positions out, left on the
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_gpu  # noqa: E402  (the shapes, model builder and GPU memory poller)
+import gpu_models  # noqa: E402  (the shapes, model builder and GPU memory poller)
 
 ROOT = Path(__file__).resolve().parents[1]
 # FA3 and flashinfer's JIT are absent on the lent GPU image; disable_cuda_graph: prefill-only
@@ -47,10 +47,10 @@ def rollout_batch(rows: int, prompt_len: int, new_tokens: int):
     g = torch.Generator().manual_seed(0)
     return TensorDict(
         {
-            B.PROMPT_IDS: torch.randint(1, bench_gpu.VOCAB, (rows, prompt_len), generator=g),
+            B.PROMPT_IDS: torch.randint(1, gpu_models.VOCAB, (rows, prompt_len), generator=g),
             B.PROMPT_MASK: torch.ones(rows, prompt_len, dtype=torch.bool),
             B.PROMPT_INDEX: torch.arange(rows),
-            B.RESPONSE_IDS: torch.randint(1, bench_gpu.VOCAB, (rows, new_tokens), generator=g),
+            B.RESPONSE_IDS: torch.randint(1, gpu_models.VOCAB, (rows, new_tokens), generator=g),
             B.RESPONSE_MASK: torch.ones(rows, new_tokens, dtype=torch.bool),
             B.ROLLOUT_LOGPROBS: torch.zeros(rows, new_tokens),
         },
@@ -113,7 +113,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--teacher", choices=sorted(bench_gpu.QWEN3), default="8b")
+    p.add_argument("--teacher", choices=sorted(gpu_models.QWEN3), default="8b")
     p.add_argument("--rows", type=int, default=512, help="sequences per score call")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=512)
@@ -133,14 +133,14 @@ def main() -> None:
 
     import torch
 
-    teacher = bench_gpu.build_model(a.teacher, Path(a.workdir) / f"qwen3-{a.teacher}")
+    teacher = gpu_models.build_model(a.teacher, Path(a.workdir) / f"qwen3-{a.teacher}")
     result = {"device": torch.cuda.get_device_name(0), "args": vars(a), "runs": []}
     for backend in a.backends.split(","):
         env = dict(os.environ)
         if backend.startswith("sglang") and a.sglang_path:
             env["PYTHONPATH"] = f"{a.sglang_path}:{env.get('PYTHONPATH', '')}"
         argv = [sys.executable, __file__, *sys.argv[1:], "--worker", backend]
-        with bench_gpu.GpuMemory() as mem:
+        with gpu_models.GpuMemory() as mem:
             proc = subprocess.run(
                 [*argv, "--teacher-dir", str(teacher)], env=env, capture_output=True, text=True
             )
