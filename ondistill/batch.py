@@ -13,6 +13,9 @@ Layout (B sequences, P prompt slots, R response slots, H hidden size):
                    row's `teacher_prompt`, e.g. with a hint or the reference answer), LEFT-padded;
                    the teacher scores the same response tokens after it (full_sequence(td,
                    teacher=True)); the student never reads it
+  teacher_route    [B] int64, the row's teacher (its index in the config's `teachers`) when
+                   rows name their teacher (routing.mode=field); the driver sends each row to
+                   that teacher alone
   rollout_replica  [B] int64, which rollout engine replica sampled the row (absent on dataset
                    rows); the student measures each replica's consistency with it
   dataset_response_ids / dataset_response_mask  [B, R_d] the dataset's responses, RIGHT-padded,
@@ -44,6 +47,8 @@ name instead of as a shape error three calls later.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -56,6 +61,7 @@ ROLLOUT_LOGPROBS = "rollout_logprobs"
 TEACHER_HIDDEN = "teacher_hidden"
 PROMPT_INDEX = "prompt_index"
 ROLLOUT_REPLICA = "rollout_replica"
+TEACHER_ROUTE = "teacher_route"
 TEACHER_CONTEXT_IDS = "teacher_context_ids"
 TEACHER_CONTEXT_MASK = "teacher_context_mask"
 TEACHER_TOPK_IDS = "teacher_topk_ids"
@@ -79,6 +85,7 @@ _DTYPES: dict[str, tuple[torch.dtype, ...]] = {
     ROLLOUT_LOGPROBS: (torch.float32,),
     TEACHER_HIDDEN: (torch.float32, torch.bfloat16, torch.float16),
     PROMPT_INDEX: (torch.int64,),
+    TEACHER_ROUTE: (torch.int64,),
     TEACHER_TOPK_IDS: (torch.int64,),
     TEACHER_TOPK_LOGPROBS: (torch.float32,),
     XT_PROMPT_IDS: (torch.int64,),
@@ -99,6 +106,7 @@ _NDIM = {
     ROLLOUT_LOGPROBS: 2,
     TEACHER_HIDDEN: 3,
     PROMPT_INDEX: 1,
+    TEACHER_ROUTE: 1,
     TEACHER_TOPK_IDS: 3,
     TEACHER_TOPK_LOGPROBS: 3,
     XT_PROMPT_IDS: 2,
@@ -139,6 +147,21 @@ SCORED_KEYS: dict[Signal, tuple[str, ...]] = {
 
 class BatchError(ValueError):
     pass
+
+
+@dataclass
+class TeacherPart:
+    """One teacher's scored rows for one student rank, and what they weigh in the step: the
+    rank's loss on them is their per-token (or per-row, loss.reduction=sequence) mean over all
+    `tokens` (`rows`) of this teacher in the step, on every rank, times `scale`."""
+
+    batch: Any  # a scored TensorDict, or a Ray reference to one (fetched by the rank)
+    tokens: int  # response tokens of this teacher's rows in the step
+    rows: int  # this teacher's rows in the step
+    teacher: str = ""  # its name; "" is the one teacher of a single-teacher run
+    # its weight, times (routing by field) its share of the step's tokens or rows, so that
+    # the parts' losses add up to the step's mean
+    scale: float = 1.0
 
 
 def scored(td: TensorDict, signal: Signal, stage: str) -> TensorDict:

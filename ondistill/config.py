@@ -251,6 +251,29 @@ class RayConfig:
 
 
 @dataclass
+class NamedTeacher:
+    """One of several teachers (`teachers:`). `model` is read as model.teacher is, `engine` and
+    `ray` as the teacher: and ray.teacher sections are for the one teacher."""
+
+    name: str = ""  # names its rows (routing.mode=field) and its metrics (kl/<name>)
+    model: str = BUILTIN_TEACHER
+    weight: float = 1.0  # its loss is multiplied by this
+    cross_tokenizer: str = "none"  # as loss.cross_tokenizer, for this teacher
+    engine: TeacherConfig = field(default_factory=TeacherConfig)
+    ray: Placement = field(default_factory=Placement)
+
+
+@dataclass
+class RoutingConfig:
+    """Which teacher scores which rows when `teachers` lists several (ondistill/teachers.py)."""
+
+    # field: each row names its teacher under `key` and is scored by it alone; mixture: every
+    # row is scored by every teacher and the loss is the weight-weighted sum of their losses
+    mode: str = "field"
+    key: str = "teacher"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -261,6 +284,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # Several teachers instead of model.teacher and the teacher: section; [] = that one teacher
+    teachers: list[NamedTeacher] = field(default_factory=list)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -277,6 +303,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log.wandb": ("offline", "online", "disabled"),
     "ray.placement": ("none", "colocated", "split"),
     "teacher.self_distill": ("none", "live", "ema"),
+    "routing.mode": ("field", "mixture"),
 }
 
 # key -> (predicate, what the value must be)
@@ -333,19 +360,28 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def validate(cfg: Config) -> Config:
-    """Check every value that a dataclass type cannot; raise ConfigError naming the key."""
-    for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
+def check_values(root: Any, prefix: str = "", shown: str = "") -> None:
+    """CHOICES and _RANGES of every key under `prefix` ("": all), read from `root` at the rest
+    of the key and named `shown` + that rest in the error (a named teacher's engine section)."""
+    named = [(k, v) for k, v in CHOICES.items() if k.startswith(prefix)]
+    for key, allowed in named:
+        value, key = _get(root, key[len(prefix) :]), shown + key[len(prefix) :]
         if value not in allowed:
             raise ConfigError(
                 f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)} "
                 f"(e.g. {key}={allowed[0]})."
             )
-    for key, (ok, must) in _RANGES.items():
-        value = _get(cfg, key)
+    for key, (ok, must) in [(k, v) for k, v in _RANGES.items() if k.startswith(prefix)]:
+        value, key = _get(root, key[len(prefix) :]), shown + key[len(prefix) :]
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; it must be {must}.")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value that a dataclass type cannot; raise ConfigError naming the key."""
+    from ondistill.teachers import validate_teachers
+
+    check_values(cfg)
     need = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     if cfg.rollout.max_model_len < need:
         raise ConfigError(
@@ -355,29 +391,7 @@ def validate(cfg: Config) -> Config:
             f"rollout.max_model_len>={need}."
         )
     objectives = {s.objective for s in schedule(cfg)}  # the stages may differ
-    if cfg.teacher.topk and (objectives != {"divergence"} or cfg.loss.temperature != 1):
-        raise ConfigError(
-            "teacher.topk>0 supports loss.objective=divergence at "
-            "loss.temperature=1 only; set teacher.topk=0 to send hidden states."
-        )
-    _validate_cross_tokenizer(cfg, objectives)
-    if cfg.teacher.self_distill != "none" and (
-        cfg.teacher.tp_size > 1 or cfg.loss.cross_tokenizer != "none"
-    ):
-        raise ConfigError(
-            f"teacher.self_distill={cfg.teacher.self_distill} copies the student into one "
-            "teacher engine; set teacher.tp_size=1 and loss.cross_tokenizer=none."
-        )
-    if cfg.teacher.tp_size > 1 and cfg.teacher.backend == "sglang":
-        raise ConfigError(
-            f"teacher.tp_size={cfg.teacher.tp_size} is served by teacher.backend=hf; "
-            "set teacher.backend=hf or teacher.tp_size=1."
-        )
-    if cfg.teacher.tp_size > 1 and cfg.ray.placement != "none":
-        raise ConfigError(
-            f"teacher.tp_size={cfg.teacher.tp_size} places each rank by ray.teacher alone; "
-            "set ray.placement=none."
-        )
+    validate_teachers(cfg, objectives)
     if "sft" in objectives and not cfg.loss.ce_coef:
         raise ConfigError(
             "loss.objective=sft trains on cross-entropy alone; set loss.ce_coef>0 "
@@ -490,23 +504,57 @@ def stage_at(stages: list[Stage], update: int) -> Stage:
     return stages[-1]
 
 
-def _validate_cross_tokenizer(cfg: Config, objectives: set[str]) -> None:
-    method, loss = cfg.loss.cross_tokenizer, cfg.loss
+def validate_teacher(
+    cfg: Config,
+    t: TeacherConfig,
+    method: str,
+    objectives: set[str],
+    key: str = "teacher",
+    method_key: str = "loss.cross_tokenizer",
+) -> None:
+    """The checks of one teacher's engine section `t` (named `key`) and its cross-tokenizer
+    method (named `method_key`) against the run's objectives."""
+    if t.topk and (objectives != {"divergence"} or cfg.loss.temperature != 1):
+        raise ConfigError(
+            f"{key}.topk>0 supports loss.objective=divergence at "
+            f"loss.temperature=1 only; set {key}.topk=0 to send hidden states."
+        )
+    _validate_cross_tokenizer(cfg, t, method, objectives, key, method_key)
+    if t.self_distill != "none" and (t.tp_size > 1 or method != "none"):
+        raise ConfigError(
+            f"{key}.self_distill={t.self_distill} copies the student into one "
+            f"teacher engine; set {key}.tp_size=1 and {method_key}=none."
+        )
+    if t.tp_size > 1 and t.backend == "sglang":
+        raise ConfigError(
+            f"{key}.tp_size={t.tp_size} is served by {key}.backend=hf; "
+            f"set {key}.backend=hf or {key}.tp_size=1."
+        )
+    if t.tp_size > 1 and cfg.ray.placement != "none":
+        raise ConfigError(
+            f"{key}.tp_size={t.tp_size} places each rank by ray.teacher alone; "
+            "set ray.placement=none."
+        )
+
+
+def _validate_cross_tokenizer(
+    cfg: Config, t: TeacherConfig, method: str, objectives: set[str], key: str, method_key: str
+) -> None:
     if method == "none":
         return
     if "policy_gradient" in objectives:
         raise ConfigError(
-            f"loss.cross_tokenizer={method} works with loss.objective=divergence "
+            f"{method_key}={method} works with loss.objective=divergence "
             "(or sft); policy_gradient needs the teacher's log-prob of each "
             "student token, which another tokenizer does not give."
         )
-    if cfg.teacher.topk:
+    if t.topk:
         raise ConfigError(
-            f"loss.cross_tokenizer={method} needs the teacher's hidden states; set teacher.topk=0."
+            f"{method_key}={method} needs the teacher's hidden states; set {key}.topk=0."
         )
-    if method == "span" and loss.temperature != 1:
+    if method == "span" and cfg.loss.temperature != 1:
         raise ConfigError(
-            "loss.cross_tokenizer=span compares chunk likelihoods at temperature "
+            f"{method_key}=span compares chunk likelihoods at temperature "
             "1; set loss.temperature=1 or use exact/uld."
         )
 

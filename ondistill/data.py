@@ -1,9 +1,10 @@
 """Prompt datasets: read and check JSONL rows, tokenize once, split off a held-out set, and
 collate batches in the schema of ondistill.batch.
 
-A row is {"prompt": str, "response"?: str}. Responses are needed only for off-policy batches
-(they are the degenerate rollout). Bad rows raise DataError naming the file and line, or are
-skipped and counted with data.bad_rows=skip.
+A row is {"prompt": str, "response"?: str}, and with several teachers routed by field, the
+name of its teacher under routing.key (e.g. "teacher": "math"). Responses are needed only for
+off-policy batches (they are the degenerate rollout). Bad rows raise DataError naming the
+file and line, or are skipped and counted with data.bad_rows=skip.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import DataConfig
 
-BUILTIN_PROMPTS = Path(__file__).parent / "assets" / "prompts.jsonl"
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_PROMPTS = ASSETS / "prompts.jsonl"
 
 
 class DataError(ValueError):
@@ -35,6 +37,30 @@ class Example:
     prompt: str = ""  # the row's text, for reading the answers (evaluation samples)
     # a prompt only the teacher sees (the row's teacher_prompt, or data.teacher_prompt filled in)
     teacher_context_ids: list[int] | None = None
+    route: int | None = None  # its teacher's index in `teachers` (routing.mode=field)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Rows name their teacher under `key`, one of `names` (routing.mode=field)."""
+
+    key: str
+    names: tuple[str, ...]
+
+    def index(self, row: dict, where: str) -> int:
+        """The row's teacher index; DataError if it names none of the run's teachers."""
+        name = row.get(self.key)
+        if name is None:
+            raise DataError(
+                f"{where}: has no '{self.key}'; with routing.mode=field every row names its "
+                f"teacher (one of: {', '.join(self.names)}), or set routing.mode=mixture."
+            )
+        if name not in self.names:
+            raise DataError(
+                f"{where}: '{self.key}' is {name!r}, not a teacher of this run; name one of: "
+                f"{', '.join(self.names)}."
+            )
+        return self.names.index(name)
 
 
 def _prompt_ids(tok, prompt: str, chat_template: bool) -> list[int]:
@@ -79,11 +105,24 @@ def _json_kind(value) -> str:
     )
 
 
-def read_rows(cfg: DataConfig) -> tuple[list[tuple[str, dict]], int]:
+def prompts_path(prompts: str) -> Path:
+    """data.prompts as a file: builtin is the shipped prompt set, builtin:NAME the shipped
+    ondistill/assets/NAME.jsonl, anything else a path."""
+    if prompts == "builtin":
+        return BUILTIN_PROMPTS
+    if prompts.startswith("builtin:"):
+        return ASSETS / f"{prompts.removeprefix('builtin:')}.jsonl"
+    return Path(prompts).expanduser()
+
+
+def read_rows(
+    cfg: DataConfig, routing: Routing | None = None
+) -> tuple[list[tuple[str, dict]], int]:
     """The file's checked rows as (file:line, row), and how many bad rows were skipped. Text
     checks only (no tokenizer), so bad data stops a run before any model is prepared. Each
-    line is decoded on its own: one line of bad UTF-8 names its line and can be skipped."""
-    path = BUILTIN_PROMPTS if cfg.prompts == "builtin" else Path(cfg.prompts).expanduser()
+    line is decoded on its own: one line of bad UTF-8 names its line and can be skipped.
+    routing: each row must name one of its teachers."""
+    path = prompts_path(cfg.prompts)
     if not path.exists():
         raise DataError(
             f"data.prompts='{cfg.prompts}' does not exist; give a JSONL file of "
@@ -105,7 +144,10 @@ def read_rows(cfg: DataConfig) -> tuple[list[tuple[str, dict]], int]:
                     "file as UTF-8 JSONL."
                 ) from None
             if text.strip():
-                rows.append((where, _check_row(text, where)))
+                row = _check_row(text, where)
+                if routing is not None:
+                    routing.index(row, where)
+                rows.append((where, row))
         except DataError as e:
             if cfg.bad_rows == "error":
                 raise DataError(f"{e} (or set data.bad_rows=skip to skip such rows)") from None
@@ -123,11 +165,14 @@ class PromptSet:
         seed: int = 0,
         teacher_tokenizer=None,
         rows: tuple[list[tuple[str, dict]], int] | None = None,
+        routing: Routing | None = None,
     ):
         """teacher_tokenizer: a different tokenizer of the teacher (cross-tokenizer KD); each
-        prompt is then also rendered in the teacher's own chat template. rows: read_rows(cfg),
-        if the caller has already read them."""
-        checked, self.skipped = rows or read_rows(cfg)
+        prompt is then also rendered in the teacher's own chat template. rows: read_rows(cfg,
+        routing), if the caller has already read them. routing: each example keeps the index
+        of the teacher its row names."""
+        checked, self.skipped = rows or read_rows(cfg, routing)
+        self.routing = routing
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
         self.pad_id = pad_id_of(tokenizer)
         examples = []
@@ -176,7 +221,8 @@ class PromptSet:
                 prompt=row["prompt"], response=row.get("response", "")
             )
         context_ids = _prompt_ids(tok, context, cfg.chat_template) if context else None
-        return Example(ids, response, teacher_ids, row["prompt"], context_ids)
+        route = self.routing.index(row, where) if self.routing else None
+        return Example(ids, response, teacher_ids, row["prompt"], context_ids, route)
 
     def require_responses(self, why: str) -> None:
         """Off-policy batches need a reference response on every training row."""
@@ -247,7 +293,8 @@ def collate_prompts(
     examples: list[Example], pad_id: int, teacher_pad_id: int = 0, responses: bool = False
 ) -> TensorDict:
     """Left-pad prompts into PROMPT_IDS / PROMPT_MASK / PROMPT_INDEX (and XT_PROMPT_IDS /
-    XT_PROMPT_MASK when the examples carry the teacher's own prompt tokens); responses: also
+    XT_PROMPT_MASK when the examples carry the teacher's own prompt tokens, TEACHER_ROUTE when
+    they name their teacher); responses: also
     the examples' dataset responses, right-padded (DATASET_RESPONSE_IDS / _MASK)."""
     ids, mask = pad_rows([e.prompt_ids for e in examples], pad_id, left=True)
     td = TensorDict(
@@ -259,6 +306,8 @@ def collate_prompts(
         t_ids, t_mask = pad_rows(t_rows, teacher_pad_id, left=True)
         td.set(B.XT_PROMPT_IDS, t_ids)
         td.set(B.XT_PROMPT_MASK, t_mask)
+    if examples[0].route is not None:
+        td.set(B.TEACHER_ROUTE, torch.tensor([e.route for e in examples]))
     if any(e.teacher_context_ids is not None for e in examples):
         c_rows = [e.teacher_context_ids or e.prompt_ids for e in examples]  # else its own
         c_ids, c_mask = pad_rows(c_rows, pad_id, left=True)

@@ -49,7 +49,7 @@ def main() -> None:
         compile={"auto": None, "true": True, "false": False}[a.compile],
     )
     w = StudentWorker(0, 1, cfg, LossConfig(chunk_size=a.chunk))
-    w.setup(("127.0.0.1", 29533), a.student, a.teacher, 10)
+    w.setup(("127.0.0.1", 29533), a.student, {"": (a.teacher, "none")}, 10)
     th = w.model.teacher_head.weight.shape[1]
     v = w.model.lm.config.vocab_size
     dtype = torch.bfloat16 if a.param_dtype == "bfloat16" else torch.float32
@@ -69,7 +69,7 @@ def main() -> None:
     for _ in range(a.steps):
         sync()
         t0 = time.perf_counter()
-        w.train_step(td, a.rows * a.response, a.rows)
+        w.train_step([B.TeacherPart(td, a.rows * a.response, a.rows)])
         sync()
         print(f"train_step {time.perf_counter() - t0:.3f}s", flush=True)
     if a.ray:
@@ -78,7 +78,7 @@ def main() -> None:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            w.train_step(td, a.rows * a.response, a.rows)
+            w.train_step([B.TeacherPart(td, a.rows * a.response, a.rows)])
             sync()
         key = "cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
@@ -94,10 +94,10 @@ def time_in_actor(a: argparse.Namespace, cfg: StudentConfig, td: TensorDict) -> 
 
     init_ray(num_cpus=8)
     actor = ray.remote(num_cpus=1)(StudentWorker).remote(0, 1, cfg, LossConfig(chunk_size=a.chunk))
-    ray.get(actor.setup.remote(("127.0.0.1", 29534), a.student, a.teacher, 10))
+    ray.get(actor.setup.remote(("127.0.0.1", 29534), a.student, {"": (a.teacher, "none")}, 10))
     for _ in range(a.steps):
         t0 = time.perf_counter()
-        ray.get(actor.train_step.remote(td, a.rows * a.response, a.rows))
+        ray.get(actor.train_step.remote([B.TeacherPart(td, a.rows * a.response, a.rows)]))
         print(f"ray actor train_step {time.perf_counter() - t0:.3f}s", flush=True)
     ray.shutdown()
 

@@ -20,7 +20,7 @@ from ondistill.config import Stage, TrainerConfig, sampling_seed, stage_at
 from ondistill.data import PromptSet, collate_prompts
 
 if TYPE_CHECKING:  # Ray stays out of the controller's imports
-    from ondistill.xtok.teacher import CrossTokenizerTeacher
+    from trainer.teachers import TeacherSet
     from workers.group import RolloutGroup, StudentGroup, TeacherGroup
 
 
@@ -68,7 +68,7 @@ class Controller:
     prompts: PromptSet
     rollout: RolloutGroup
     dataset: DatasetRollout
-    teacher: TeacherGroup | CrossTokenizerTeacher
+    teacher: TeacherSet
     student: StudentGroup
     stages: list[Stage]  # config.schedule(): the on-policy share and objective per update
     sync_every: int = 1
@@ -133,17 +133,17 @@ class Controller:
     def score_and_train(
         self, batch: TensorDict, timings: dict[str, float], on_policy: bool, lag: int
     ) -> dict[str, float]:
-        """The rest of every step: the teacher scores and the student updates, the scored rows
+        """The rest of every step: the teachers score and the student updates, the scored rows
         going from the teacher replicas to the student ranks without passing through here
         (time/score: the longest a rank waited for them; time/train: the rest)."""
         stage = stage_at(self.stages, self.updates)
-        tokens, rows = int(batch[B.RESPONSE_MASK].sum()), batch.batch_size[0]
+        tokens = int(batch[B.RESPONSE_MASK].sum())
         with timed(timings, "train"):
             parts = self.teacher.score_parts(
                 batch, self.student.world_size, hand_over=True, by_tokens=self.student.by_tokens
             )
-            metrics = self.student.train_parts(
-                parts, tokens, rows, stage.objective, stage.divergence, stage.lr_scale
+            metrics = self.student.train_teachers(
+                parts, tokens, stage.objective, stage.divergence, stage.lr_scale
             )
         timings["time/score"] = metrics.pop("fetch_s")
         timings["time/train"] -= timings["time/score"]

@@ -133,3 +133,26 @@ class Evaluator:
             )
         ]
         return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+class PerTeacher:
+    """Held-out evaluation with several teachers: each teacher's evaluator on its rows, its
+    metrics as eval/<metric>/<teacher name>, its answers marked with the teacher's name."""
+
+    # the training loop's alignment warning is the one cross-tokenizer teacher's (trainer/run.py)
+    expected_alignment = 0.0
+
+    def __init__(self, evaluators: dict[str, Evaluator]):
+        self.evaluators = evaluators
+        self.reference = {
+            f"{k}/{name}": v for name, ev in evaluators.items() for k, v in ev.reference.items()
+        }
+        self.samples: list[dict] = []
+
+    def run(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        self.samples = []
+        for name, ev in self.evaluators.items():
+            metrics.update({f"{k}/{name}": v for k, v in ev.run().items()})
+            self.samples += [{"teacher": name, **row} for row in ev.samples]
+        return metrics

@@ -34,7 +34,16 @@ def student_step_metrics(ranks: list[dict[str, float]], tokens: int) -> dict[str
     ):
         if total in first:  # cross-tokenizer: tokens that start an aligned chunk; top-k mass
             metrics[share] = sum(r[total] for r in ranks) / max(1, tokens)
+    # Several teachers: each one's loss, divergence (its own per-token mean) and signal
+    # shares, per rank a share of the whole; a rank may have none of a teacher's rows.
+    named = {k for r in ranks for k in r if k.split("/")[0] in PER_TEACHER}
+    for key in sorted(named):
+        metrics[key] = sum(r.get(key, 0.0) for r in ranks)
     return metrics
+
+
+# Per-teacher metrics, logged as <metric>/<teacher name> when a run has several teachers
+PER_TEACHER = ("loss", "kl", "aligned_fraction", "teacher_topk_mass")
 
 
 class MetricsLogger:
@@ -121,20 +130,21 @@ def plot(metrics_path: Path, png_path: Path) -> Path:
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval/rkl_student_samples" in r]
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
-    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    for key in _per_teacher(train, ("loss",)):  # and loss/<teacher> with several teachers
+        ax1.plot([r["step"] for r in train], [r.get(key) for r in train], label="train " + key)
     ax1.set_xlabel("step"), ax1.set_title("training divergence"), ax1.legend()
-    for key in ("eval/rkl_student_samples", "eval/fkl_teacher_samples"):
+    for key in _per_teacher(evals, ("eval/rkl_student_samples", "eval/fkl_teacher_samples")):
         ax2.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=key[5:])
     ax2.set_xlabel("step"), ax2.set_title("held-out (per token)"), ax2.legend()
-    for key, scale in (
+    for name, scale in (
         ("eval/greedy_distinct_2", 1),
         ("eval/sample_distinct_2", 1),
         ("eval/greedy_repeated_3gram_rate", 1),
         ("eval/greedy_chrf", 0.01),
     ):
-        if evals and key in evals[0]:
+        for key in _per_teacher(evals, (name,)):
             ax3.plot(
                 [r["step"] for r in evals],
                 [r[key] * scale for r in evals],
@@ -146,3 +156,9 @@ def plot(metrics_path: Path, png_path: Path) -> Path:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def _per_teacher(rows: list[dict], names: tuple[str, ...]) -> list[str]:
+    """The keys of rows[0] that are one of `names`, as such or per teacher (<name>/<teacher>)."""
+    keys = rows[0] if rows else {}
+    return [k for k in keys if k in names or k.rsplit("/", 1)[0] in names]

@@ -80,13 +80,26 @@ class CollapseRule:
     distinct_2_ratio: float = 0.6  # student distinct-2 below 0.6 x the teacher's
     repeat_margin: float = 0.25  # student repeated-3-gram rate above the teacher's + 0.25
 
-    def check(self, student: dict[str, float], teacher: dict[str, float]) -> list[str]:
+    @staticmethod
+    def suffixes(metrics: dict[str, float]) -> list[str]:
+        """The teachers evaluation metrics are kept per: [""] for one teacher, ["/<name>", ...]
+        for several (trainer.evaluate.PerTeacher)."""
+        key = "eval/greedy_chrf"
+        return sorted(k[len(key) :] for k in metrics if k == key or k.startswith(key + "/"))
+
+    def check(
+        self, student: dict[str, float], teacher: dict[str, float], suffix: str = ""
+    ) -> list[str]:
         """Plain-words reasons the student looks collapsed, empty if it does not. Both dicts
-        hold evaluation metrics (trainer/evaluate.py): eval/{sample,greedy}_<metric>."""
+        hold evaluation metrics (trainer/evaluate.py): eval/{sample,greedy}_<metric>, each
+        followed by `suffix` (one teacher's, see suffixes)."""
         reasons = []
         for kind in ("greedy", "sample"):
-            s = {k: student[f"eval/{kind}_{k}"] for k in ("distinct_2", "repeated_3gram_rate")}
-            t = {k: teacher[f"eval/{kind}_{k}"] for k in s}
+            s = {
+                k: student[f"eval/{kind}_{k}{suffix}"]
+                for k in ("distinct_2", "repeated_3gram_rate")
+            }
+            t = {k: teacher[f"eval/{kind}_{k}{suffix}"] for k in s}
             if s["distinct_2"] < self.distinct_2_ratio * t["distinct_2"]:
                 reasons.append(
                     f"its {kind} answers' distinct-2 is {s['distinct_2']:.2f} against "
@@ -100,12 +113,12 @@ class CollapseRule:
         return reasons
 
     @staticmethod
-    def drifted(before: dict[str, float], after: dict[str, float]) -> str | None:
+    def drifted(before: dict[str, float], after: dict[str, float], suffix: str = "") -> str | None:
         """A plain-words reason when training took the student's greedy answers further from
         the teacher's than the untrained student's were (chrF fell), whatever its KLs did: a
         student can lower both KLs while its answers go off topic (docs: the minillm recipe
         at lr 5e-5)."""
-        key = "eval/greedy_chrf"
+        key = "eval/greedy_chrf" + suffix
         if key in before and key in after and after[key] < before[key]:
             return (
                 f"its greedy answers are further from the teacher's than before training "

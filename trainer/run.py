@@ -13,10 +13,15 @@ import importlib.util
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ondistill.config import Config, ConfigError, Placement, TeacherConfig, schedule, validate
+from ondistill.config import Config, ConfigError, TeacherConfig, schedule, validate
 from ondistill.data import PromptSet
 from ondistill.model_files import derive_student, resolve
+from trainer.teachers import TeacherSpec, other_tokenizer, routing_of, teacher_specs
+
+if TYPE_CHECKING:
+    from trainer.evaluate import Evaluator, PerTeacher
 
 SAMPLES = "samples.jsonl"  # every held-out answer of every evaluation, one row per prompt
 
@@ -53,9 +58,15 @@ def pick_teacher_backend(name: str, cfg: TeacherConfig, env: dict[str, str]) -> 
     return "sglang" if torch.cuda.is_available() and has_sglang and cfg.tp_size == 1 else "hf"
 
 
-def check_tokenizers(teacher_dir: Path, student_dir: Path, cross_tokenizer: str = "none"):
+def check_tokenizers(
+    teacher_dir: Path,
+    student_dir: Path,
+    cross_tokenizer: str = "none",
+    key: str = "loss.cross_tokenizer",
+):
     """(student tokenizer, teacher tokenizer or None). Same-vocabulary KD needs identical
-    tokenizers, cross-tokenizer KD different ones; say which before any model loads."""
+    tokenizers, cross-tokenizer KD different ones; say which (the method set at `key`) before
+    any model loads."""
     from transformers import AutoTokenizer
 
     from ondistill.xtok import METHODS
@@ -64,17 +75,16 @@ def check_tokenizers(teacher_dir: Path, student_dir: Path, cross_tokenizer: str 
     same = t.get_vocab() == s.get_vocab()
     if same and cross_tokenizer != "none":
         raise ConfigError(
-            f"loss.cross_tokenizer={cross_tokenizer} is for a teacher with another "
-            "tokenizer, but teacher and student share one; set "
-            "loss.cross_tokenizer=none (exact full-vocabulary KD)."
+            f"{key}={cross_tokenizer} is for a teacher with another "
+            f"tokenizer, but teacher and student share one; set "
+            f"{key}=none (exact full-vocabulary KD)."
         )
     if not same and cross_tokenizer == "none":
         raise ConfigError(
             f"teacher ({teacher_dir.name}, {len(t)} tokens) and student "
             f"({student_dir.name}, {len(s)} tokens) tokenize differently; pick a "
             "student with the teacher's tokenizer, or choose a cross-tokenizer "
-            f"method: loss.cross_tokenizer={'|'.join(METHODS[1:])} (e.g. "
-            "loss.cross_tokenizer=exact)."
+            f"method: {key}={'|'.join(METHODS[1:])} (e.g. {key}=exact)."
         )
     if cross_tokenizer == "none":
         return s, None
@@ -100,9 +110,10 @@ def check_resume(resume: str) -> None:
         )
 
 
-def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, PromptSet]:
+def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[list[TeacherSpec], Path, PromptSet]:
     """Everything that can fail on bad input, cheapest first, before Ray or any engine starts
-    (models are converted or cut only after the config, output directory and data pass)."""
+    (models are converted or cut only after the config, output directory and data pass).
+    Returns the teachers (models resolved), the student's directory and the prompts."""
     from ondistill.data import read_rows
 
     validate(cfg)
@@ -119,18 +130,21 @@ def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, Promp
 
         outdir.check(out_dir, dataclasses.asdict(cfg), tr.resume)
     check_resume(tr.resume)
-    rows = read_rows(cfg.data)
+    routing = routing_of(cfg)
+    rows = read_rows(cfg.data, routing)
     student_dir = derive_student(
         resolve(cfg.model.student, cfg.model.cache_dir),
         list(cfg.model.student_keep_layers),
         cfg.model.cache_dir,
     )
-    # self-distillation: the teacher starts as the student itself
-    self_distill = cfg.teacher.self_distill != "none"
-    teacher_dir = student_dir if self_distill else resolve(cfg.model.teacher, cfg.model.cache_dir)
-    tokenizer, teacher_tokenizer = check_tokenizers(
-        teacher_dir, student_dir, cfg.loss.cross_tokenizer
-    )
+    teachers = teacher_specs(cfg)
+    for t in teachers:
+        # self-distillation: the teacher starts as the student itself
+        self_distill = cfg.teacher.self_distill != "none"
+        t.model_dir = student_dir if self_distill else resolve(t.model, cfg.model.cache_dir)
+        tokenizer, t.tokenizer = check_tokenizers(
+            t.model_dir, student_dir, t.cross_tokenizer, t.key
+        )
     outside = [t for t in cfg.rollout.stop_token_ids if not 0 <= t < len(tokenizer)]
     if outside:
         raise ConfigError(
@@ -138,7 +152,12 @@ def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, Promp
             f"vocabulary of {len(tokenizer)} tokens; give ids in 0..{len(tokenizer) - 1}."
         )
     prompts = PromptSet(
-        cfg.data, tokenizer, seed=tr.seed, teacher_tokenizer=teacher_tokenizer, rows=rows
+        cfg.data,
+        tokenizer,
+        seed=tr.seed,
+        teacher_tokenizer=other_tokenizer(teachers),
+        rows=rows,
+        routing=routing,
     )
     off_policy = [s for s in schedule(cfg) if s.on_policy_fraction < 1 and s.steps]
     if off_policy:
@@ -147,7 +166,7 @@ def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[Path, Path, Promp
             f"{off_policy[0].on_policy_fraction}) asks for off-policy "
             "batches"
         )
-    return teacher_dir, student_dir, prompts
+    return teachers, student_dir, prompts
 
 
 def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
@@ -159,22 +178,27 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     from workers.ray_env import init_ray
 
     plan(cfg)  # a placement its replicas cannot take is refused before any work
-    teacher_dir, student_dir, prompts = prepare(cfg, out_dir)
+    teachers, student_dir, prompts = prepare(cfg, out_dir)
     backend = pick_rollout_backend(cfg.rollout.backend)
-    cfg.teacher.backend = pick_teacher_backend(
-        cfg.teacher.backend, cfg.teacher, cfg.ray.teacher.env
-    )
+    for t in teachers:  # auto resolved here, not in cfg: config.json keeps what was asked
+        t.engine = dataclasses.replace(
+            t.engine, backend=pick_teacher_backend(t.engine.backend, t.engine, t.place.env)
+        )
+        print(f"[ondistill] teacher {t.name + ' ' if t.name else ''}{t.model_dir}")
     print(
-        f"[ondistill] teacher {teacher_dir}\n[ondistill] student {student_dir}\n"
-        f"[ondistill] rollout={backend} teacher={cfg.teacher.backend} "
-        f"ranks={cfg.student.world_size} steps={cfg.trainer.steps} out={out_dir}",
+        f"[ondistill] student {student_dir}\n[ondistill] rollout={backend} teacher="
+        f"{','.join(t.engine.backend for t in teachers)} ranks={cfg.student.world_size} "
+        f"steps={cfg.trainer.steps} out={out_dir}",
         flush=True,
     )
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     check_resources(
         {
             "rollout": (cfg.ray.rollout, cfg.rollout.replicas),
-            "teacher": (cfg.ray.teacher, cfg.teacher.replicas * cfg.teacher.tp_size),
+            **{
+                f"teacher {t.name}".strip(): (t.place, t.engine.replicas * t.engine.tp_size)
+                for t in teachers
+            },
             "student": (cfg.ray.student, cfg.student.world_size),
         }
     )
@@ -192,7 +216,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     resume = cfg.trainer.resume
     for attempt in range(cfg.trainer.max_restarts + 1):
-        session = Session(cfg, out_dir, teacher_dir, student_dir, prompts, backend)
+        session = Session(cfg, out_dir, teachers, student_dir, prompts, backend)
         try:
             return session.train(resume)
         except ray.exceptions.RayActorError as e:
@@ -216,18 +240,15 @@ class Session:
         self,
         cfg: Config,
         out_dir: Path,
-        teacher_dir: Path,
+        teachers: list[TeacherSpec],
         student_dir: Path,
         prompts: PromptSet,
         backend: str,
     ):
-        from ondistill.xtok.evaluate import CrossTokenizerEvaluator
-        from ondistill.xtok.teacher import CrossTokenizerTeacher
-        from ondistill.xtok.translate import Translator
         from trainer.controller import Controller, DatasetRollout
-        from trainer.evaluate import Evaluator
         from trainer.overlap import OverlapController
-        from workers.group import RolloutGroup, StudentGroup, TeacherGroup, node_of
+        from trainer.teachers import start_evaluators, start_teachers, student_teachers
+        from workers.group import RolloutGroup, StudentGroup, node_of
         from workers.placement import reserve
 
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
@@ -238,26 +259,21 @@ class Session:
         self.rollout = RolloutGroup(
             backend, str(student_dir), cfg.rollout, cfg.ray.rollout, self.layout.rollout
         )
-        group = TeacherGroup(
-            cfg.teacher.backend, str(teacher_dir), cfg.teacher, cfg.ray.teacher, self.layout.teacher
-        )
-        self.teacher: TeacherGroup | CrossTokenizerTeacher = group
-        translator = None
-        if prompts.teacher_tokenizer is not None:  # cross-tokenizer: the teacher reads text
-            translator = Translator(prompts.tokenizer, prompts.teacher_tokenizer)
-            self.teacher = CrossTokenizerTeacher(group, translator)
+        self.teacher = start_teachers(cfg, teachers, prompts, self.layout)
         self.student = StudentGroup(
             cfg.student,
             cfg.loss,
             str(student_dir),
-            str(teacher_dir),
+            student_teachers(teachers),
             cfg.trainer.steps,
             cfg.ray.student,
             self.layout.student,
         )
         if cfg.teacher.self_distill == "ema":
             self.student.track_ema(cfg.teacher.ema_decay)
-        if translator is None and group.share_gpu_with(self.student):
+        first = self.teacher.members[0]
+        alone = len(self.teacher.members) == 1 and first.translator is None
+        if alone and first.group.share_gpu_with(self.student):
             print(
                 "[ondistill] teacher hidden states reach the student through CUDA IPC (same GPU)",
                 flush=True,
@@ -266,23 +282,16 @@ class Session:
             "[ondistill] placement (Ray node ids): rollout "
             + ",".join(node_of(a) for a in self.rollout.actors)
             + " teacher "
-            + ",".join(node_of(a) for a in group.actors)
+            + ",".join(node_of(a) for m in self.teacher.members for a in m.group.actors)
             + " student "
             + ",".join(node_of(a) for a in self.student.actors),
             flush=True,
         )
-        self.evaluator: Evaluator | None = None
+        self.evaluator: Evaluator | PerTeacher | None = None
         if cfg.data.eval_size:
-            # The teacher's own samples, drawn once by a short-lived engine that asks for
-            # nothing, so it never waits for the resources the long-lived roles hold.
-            one = dataclasses.replace(cfg.rollout, replicas=1)
-            sampler = RolloutGroup("hf", str(teacher_dir), one, Placement(cpus=0))
-            args = (prompts, cfg.trainer.prompts_per_step, self.rollout, self.teacher, self.student)
-            if translator is None:
-                self.evaluator = Evaluator(*args, sampler)
-            else:
-                self.evaluator = CrossTokenizerEvaluator(*args, sampler, translator)
-            sampler.kill()
+            self.evaluator = start_evaluators(
+                cfg, teachers, self.teacher, prompts, self.rollout, self.student
+            )
         kind = OverlapController if cfg.trainer.overlap else Controller
         self.controller = kind(
             cfg.trainer,
@@ -293,7 +302,7 @@ class Session:
             self.student,
             schedule(cfg),
             cfg.rollout.sync_every,
-            follower=group if cfg.teacher.self_distill != "none" else None,
+            follower=first.group if cfg.teacher.self_distill != "none" else None,
             follow_ema=cfg.teacher.self_distill == "ema",
             follow_every=cfg.teacher.self_every,
         )
@@ -447,31 +456,37 @@ def summary(
             f"{key.removeprefix('eval/'):<34}"
             + "".join(f"{v:>10.4f}" if v == v else f"{'':>10}" for v in row)
         )
-    if after and teacher:
-        reasons = CollapseRule().check(after, teacher)
+    # each teacher's rows against that teacher's answers ("" with one teacher)
+    for suffix in CollapseRule.suffixes(after) if teacher else []:
+        rows_of = f" on teacher {suffix[1:]}'s rows" if suffix else ""
+        reasons = CollapseRule().check(after, teacher, suffix)
         if reasons:
             lines.append(
-                "\n[ondistill] WARNING: the student looks collapsed: "
+                f"\n[ondistill] WARNING: the student looks collapsed{rows_of}: "
                 + "; ".join(reasons)
                 + f". Read its answers in {out_dir / SAMPLES} before using it."
             )
-        drift = CollapseRule.drifted(results["before"], after)
+        drift = CollapseRule.drifted(results["before"], after, suffix)
         if drift:
             lines.append(
-                f"\n[ondistill] WARNING: {drift}, whatever its KLs say. Read its answers in "
-                f"{out_dir / SAMPLES} before using it."
+                f"\n[ondistill] WARNING{rows_of}: {drift}, whatever its KLs say. Read its "
+                f"answers in {out_dir / SAMPLES} before using it."
             )
     rows = (
         [json.loads(x) for x in (out_dir / SAMPLES).read_text().splitlines()]
         if (out_dir / SAMPLES).exists()
         else []
     )
-    first = {r["prompt"]: r for r in rows if r["phase"] == "before"}
-    for r in [r for r in rows if r["phase"] == "after" and r["prompt"] in first][:shown]:
+
+    def row_key(r: dict) -> tuple:  # with several teachers, a prompt has a row per teacher
+        return r["prompt"], r.get("teacher")
+
+    first = {row_key(r): r for r in rows if r["phase"] == "before"}
+    for r in [r for r in rows if r["phase"] == "after" and row_key(r) in first][:shown]:
         lines.append(f"\nprompt:  {r['prompt']}")
         for who, text in (
-            ("teacher", r["teacher_greedy"]),
-            ("before", first[r["prompt"]]["student_greedy"]),
+            (f"teacher {r['teacher']}" if "teacher" in r else "teacher", r["teacher_greedy"]),
+            ("before", first[row_key(r)]["student_greedy"]),
             ("after", r["student_greedy"]),
         ):
             lines.append(f"  {who + ':':<9}{_one_line(text)}")

@@ -184,8 +184,14 @@ class TeacherGroup:
         this process. hand_over: the pieces go straight into one train step, so their hidden
         states may stay on the GPU (share_gpu_with) until the next call. by_tokens: pieces
         balanced by token count (ragged batches), else contiguous and even in rows."""
-        share = {"share": True} if hand_over and self.share and parts == len(self.actors) else {}
         pieces = B.balance_rows(batch, parts) if by_tokens else B.split_rows(batch, parts)
+        return self.score_pieces(pieces, hand_over)
+
+    def score_pieces(self, pieces: list[TensorDict], hand_over: bool = False) -> list:
+        """score_parts of pieces already cut: piece i on replica i mod replicas."""
+        share = (
+            {"share": True} if hand_over and self.share and len(pieces) == len(self.actors) else {}
+        )
         refs = []
         for i, piece in enumerate(pieces):
             replica = i % len(self.actors)
@@ -222,12 +228,18 @@ class StudentGroup:
         cfg: StudentConfig,
         loss: LossConfig,
         student_dir: str,
-        teacher_dir: str | None,
+        teacher: str | dict[str, tuple[str, str]] | None,
         total_steps: int,
         place: Placement | None = None,
         slots: list[Slot | None] | None = None,
     ):
+        """teacher: the one teacher's model directory (compared by loss.cross_tokenizer), or
+        several teachers' as name -> (directory, cross-tokenizer method); the ranks hold each
+        one's output head."""
         from workers.student.actor import StudentWorker
+
+        if not isinstance(teacher, dict):
+            teacher = {"": (teacher, loss.cross_tokenizer)} if teacher else {}
 
         self.world_size, self.student_dir = cfg.world_size, student_dir
         self.by_tokens = cfg.micro_batch_tokens > 0  # ranks get rows balanced by tokens
@@ -237,7 +249,7 @@ class StudentGroup:
         ]
         master = ray.get(self.actors[0].address.remote())
         counts = ray.get(
-            [a.setup.remote(master, student_dir, teacher_dir, total_steps) for a in self.actors]
+            [a.setup.remote(master, student_dir, teacher, total_steps) for a in self.actors]
         )
         self.num_params = counts[0]
 
@@ -267,39 +279,55 @@ class StudentGroup:
         divergence: str | None = None,
         lr_scale: float = 1.0,
     ) -> dict[str, float]:
-        """One update on a batch of `tokens` response tokens in `rows` rows, given as one part
-        per rank: a scored TensorDict, or a Ray reference to one (TeacherGroup.score_parts),
-        which the rank fetches from the teacher itself."""
+        """One update on a batch of `tokens` response tokens in `rows` rows from the one
+        teacher, given as one part per rank: a scored TensorDict, or a Ray reference to one
+        (TeacherGroup.score_parts), which the rank fetches from the teacher itself."""
+        per_rank = [[B.TeacherPart(p, tokens, rows)] for p in parts]
+        return self.train_teachers(per_rank, tokens, objective, divergence, lr_scale)
+
+    def train_teachers(
+        self,
+        parts: list[list[B.TeacherPart]],
+        tokens: int,
+        objective: str | None = None,
+        divergence: str | None = None,
+        lr_scale: float = 1.0,
+    ) -> dict[str, float]:
+        """One update on a step of `tokens` response tokens, given per rank as one part per
+        teacher that scored rows of it (TeacherSet.score_parts)."""
         from trainer.metrics import student_step_metrics
 
         if len(parts) != self.world_size:
             raise ValueError(f"{len(parts)} parts for {self.world_size} student ranks")
-        # In a list, a reference reaches the rank unresolved: it fetches (and times) it there.
         ranks = ray.get(
             [
-                a.train_step.remote([p], tokens, rows, objective, divergence, lr_scale)
+                a.train_step.remote(p, objective, divergence, lr_scale)
                 for a, p in zip(self.actors, parts, strict=True)
             ]
         )
         return student_step_metrics(ranks, tokens)
 
     def token_stats(
-        self, batch: TensorDict, divergences: tuple[str, ...] = ()
+        self, batch: TensorDict, divergences: tuple[str, ...] = (), teacher: str = ""
     ) -> dict[str, torch.Tensor]:
-        """Per-token stats over all response tokens of the batch, in row order."""
+        """Per-token stats over all response tokens of the batch, in row order, against the
+        teacher called `teacher` (its scores in the batch)."""
         parts = ray.get(
             [
-                a.token_stats.remote(s, divergences)
+                a.token_stats.remote(s, divergences, teacher)
                 for a, s in zip(self.actors, self._split(batch), strict=True)
             ]
         )
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def xtok_stats(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+    def xtok_stats(self, batch: TensorDict, teacher: str = "") -> dict[str, torch.Tensor]:
         """Per aligned chunk held-out metrics (ondistill.xtok.losses.aligned_stats), in row
-        order."""
+        order, against the teacher called `teacher`."""
         parts = ray.get(
-            [a.xtok_stats.remote(s) for a, s in zip(self.actors, self._split(batch), strict=True)]
+            [
+                a.xtok_stats.remote(s, teacher)
+                for a, s in zip(self.actors, self._split(batch), strict=True)
+            ]
         )
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
@@ -17,6 +18,8 @@ class Scorer(Protocol):
     def score_parts(
         self, batch: TensorDict, parts: int, hand_over: bool = False, by_tokens: bool = False
     ) -> list: ...
+
+    def score_pieces(self, pieces: list[TensorDict], hand_over: bool = False) -> list: ...
 
     def kill(self) -> None: ...
 
@@ -38,6 +41,11 @@ class CrossTokenizerTeacher:
         """The merge needs the teacher's rows here, so these pieces pass through the driver."""
         scored = self.score(batch)
         return B.balance_rows(scored, parts) if by_tokens else B.split_rows(scored, parts)
+
+    def score_pieces(self, pieces: list[TensorDict], hand_over: bool = False) -> list:
+        """score_parts of pieces already cut (rows of one batch), scored together."""
+        scored = self.score(torch.cat(pieces))
+        return list(scored.split([p.batch_size[0] for p in pieces]))
 
     def kill(self) -> None:
         self.group.kill()

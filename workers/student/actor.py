@@ -20,7 +20,7 @@ from ondistill.losses import ObjectiveSpec
 from ondistill.packing import attention, even_out, micro_batches
 from ondistill.xtok.losses import trim_teacher_padding
 from workers.compile import wants_compile
-from workers.student.kd_model import KDModel, parallelize
+from workers.student.kd_model import KDModel, TeacherHead, parallelize
 from workers.weights import receive
 
 
@@ -78,10 +78,15 @@ class StudentWorker:
         return free_address()
 
     def setup(
-        self, master: tuple[str, int], student_dir: str, teacher_dir: str | None, total_steps: int
+        self,
+        master: tuple[str, int],
+        student_dir: str,
+        teachers: dict[str, tuple[str, str]],
+        total_steps: int,
     ) -> int:
-        """Join the process group, load and shard the student, build optimizer and schedule.
-        Returns the number of student parameters."""
+        """Join the process group, load and shard the student with an output head per teacher
+        (teachers: name -> (model directory, cross-tokenizer method)), build optimizer and
+        schedule. Returns the number of student parameters."""
         from transformers import AutoModelForCausalLM
 
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master[0], str(master[1])
@@ -102,25 +107,10 @@ class StudentWorker:
             dtype=torch.float32,
             attn_implementation=attention(self.cfg.packing, self.device),
         )
-        head = load_output_head(teacher_dir) if teacher_dir else None
-        if head is not None:
-            # In the student's compute dtype: an fp32 teacher head next to bf16 hidden states
-            # would run the largest matmul of the loss in fp32 (measured: 36% of an H200 step).
-            head.weight = head.weight.to(self.device, DTYPES[self.cfg.param_dtype])
-        shared = None
-        if self.loss_cfg.cross_tokenizer != "none" and teacher_dir:
-            from transformers import AutoTokenizer
-
-            from ondistill.xtok.vocab import shared_vocab_of
-
-            tokenizers = (AutoTokenizer.from_pretrained(d) for d in (student_dir, teacher_dir))
-            shared = shared_vocab_of(*tokenizers)
         kd = KDModel(
             lm.to(self.device),
-            head,
+            {name: self._teacher_head(student_dir, *t) for name, t in teachers.items()},
             self.loss_cfg.chunk_size,
-            self.loss_cfg.cross_tokenizer,
-            shared,
             self.cfg.packing,
             self.cfg.micro_batch_tokens if self.device.type == "cuda" else 0,
         )
@@ -140,77 +130,70 @@ class StudentWorker:
         )
         return sum(p.numel() for p in lm.parameters())
 
+    def _teacher_head(self, student_dir: str, teacher_dir: str, method: str) -> TeacherHead:
+        head = load_output_head(teacher_dir)
+        # In the student's compute dtype: an fp32 teacher head next to bf16 hidden states
+        # would run the largest matmul of the loss in fp32 (measured: 36% of an H200 step).
+        head.weight = head.weight.to(self.device, DTYPES[self.cfg.param_dtype])
+        if method == "none":
+            return TeacherHead(head)
+        from transformers import AutoTokenizer
+
+        from ondistill.xtok.vocab import shared_vocab_of
+
+        tokenizers = (AutoTokenizer.from_pretrained(d) for d in (student_dir, teacher_dir))
+        return TeacherHead(head, method, shared_vocab_of(*tokenizers))
+
     def _inputs(self, td: TensorDict):
         ids, mask, pos = B.full_sequence(td)
         dev = self.device
         return ids.to(dev), mask.to(dev), pos.to(dev), B.response_positions(td).start
 
-    def _weights(self, mb: TensorDict, global_tokens: int, global_rows: int) -> torch.Tensor:
+    def _weights(self, mb: TensorDict, part: B.TeacherPart) -> torch.Tensor:
         """Per-token loss weights [b, R] that make the sum over all ranks and micro-batches the
-        configured mean. FSDP2 averages gradients over ranks, so each rank's share is scaled
-        back up by world_size."""
+        configured mean over the part's teacher's rows, times its scale. FSDP2 averages
+        gradients over ranks, so each rank's share is scaled back up by world_size."""
         mask = mb[B.RESPONSE_MASK].float()
         if self.loss_cfg.reduction == "sequence":
-            w = mask / mask.sum(1, keepdim=True).clamp_min(1) / global_rows
+            w = mask / mask.sum(1, keepdim=True).clamp_min(1) / part.rows
         else:
-            w = mask / global_tokens
-        return (w * self.world_size).to(self.device)
+            w = mask / max(1, part.tokens)
+        return (w * part.scale * self.world_size).to(self.device)
 
     def train_step(
         self,
-        td: TensorDict | list,
-        global_tokens: int,
-        global_rows: int,
+        parts: list[B.TeacherPart],
         objective: str | None = None,
         divergence: str | None = None,
         lr_scale: float = 1.0,
     ) -> dict[str, float]:
-        """One optimizer step on this rank's rows, accumulated over micro-batches; objective
-        and divergence replace the loss config's for this step (a schedule's stage). td: the
-        rows, or [the rows or a Ray reference to them] (StudentGroup.train_parts)."""
+        """One optimizer step on this rank's rows, one part per teacher, accumulated over
+        micro-batches; objective and divergence replace the loss config's for this step (a
+        schedule's stage). Each part's batch is its rows or a Ray reference to them
+        (TeacherSet.score_parts), fetched here."""
         fetch_start = time.perf_counter()
-        if isinstance(td, list):
-            import ray
-
-            td = ray.get(td[0]) if isinstance(td[0], ray.ObjectRef) else td[0]
+        scored = [(p, self._fetch(p.batch)) for p in parts]
         fetch_s = time.perf_counter() - fetch_start
-        td = receive(B.check_scored(td, "student.train_step"))
-        signal = B.signal_of(td)  # after receive: an IPC handle has become the tensor
         spec = ObjectiveSpec.from_config(self.loss_cfg, objective, divergence)
         self.model.train()
-        micro = self._micro_batches(td)
-        loss_sum = div_sum = 0.0
+        micro = self._micro_batches(scored)
+        totals = {"loss": 0.0, "kl": 0.0}
         consistency: dict[str, float] = {}
-        sampled = B.ROLLOUT_REPLICA in td.keys()  # on-policy rows: compare with the sampler
-        for i, mb in enumerate(micro):
-            ids, mask, pos, start = self._inputs(mb)
-            teacher = self._teacher(mb, signal)
-            extras = {
-                "targets": mb[B.RESPONSE_IDS].to(self.device),
-                "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device),
-            }
+        for i, (part, mb) in enumerate(micro):
             self.model.set_requires_gradient_sync(i == len(micro) - 1)
-            loss, div, lp = self.model(
-                ids,
-                mask,
-                pos,
-                start,
-                signal,
-                teacher,
-                self._weights(mb, global_tokens, global_rows),
-                extras,
-                spec,
-                self.loss_cfg.pg_discount,
-                sampled,
-            )
+            loss, div, lp = self._forward(part, mb, spec)
             if lp is not None:
                 keep = mb[B.RESPONSE_MASK]
                 replica = mb[B.ROLLOUT_REPLICA][:, None].expand_as(keep)[keep]
                 rollout_lp = mb[B.ROLLOUT_LOGPROBS][keep]
                 add(consistency, rank_sums(lp.cpu(), rollout_lp, replica))
             loss.backward()
-            loss_sum += loss.item() / self.world_size
-            div_sum += div / self.world_size
+            shares = {"loss": loss.item() / self.world_size, "kl": div / self.world_size}
+            for key, share in shares.items():
+                totals[key] += share
+                if part.teacher:  # several teachers: each one's own mean, before its scale
+                    name = f"{key}/{part.teacher}"
+                    totals[name] = totals.get(name, 0.0) + share / part.scale
         grad_norm = self._clip()
         for group in self.optimizer.param_groups:  # the scheduler sets it afresh every step
             group["lr"] *= lr_scale
@@ -222,44 +205,78 @@ class StudentWorker:
                 for name, p in self.model.lm.named_parameters():
                     self.ema[name].lerp_(p.detach(), 1 - self.ema_decay)
         self.optimizer.zero_grad(set_to_none=True)
-        out = {
-            "loss": loss_sum,
-            "kl": div_sum,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "fetch_s": fetch_s,
-            **consistency,
-        }
-        if signal is B.Signal.ALIGNED:
-            from ondistill.xtok.translate import aligned_starts
-
-            out["aligned_tokens"] = float(aligned_starts(td))
-        elif signal is B.Signal.TOPK:
-            mass = td[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[td[B.RESPONSE_MASK]]
-            out["topk_mass"] = float(mass.sum())
+        out = {**totals, "grad_norm": grad_norm, "lr": lr, "fetch_s": fetch_s, **consistency}
+        for part, td in scored:
+            out.update(_signal_metrics(part, td))
         if self.device.type == "cuda":
             # allocator retries = the card ran full and blocks were freed mid-step (slow)
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
             torch.cuda.empty_cache()  # the teacher and rollout share this card
         return out
 
-    def _micro_batches(self, td: TensorDict) -> list[TensorDict]:
-        """This rank's rows in micro-batches: of student.micro_batch_size rows, or within
-        student.micro_batch_tokens tokens (ondistill/packing.py), as many on every rank (each
-        forward all-gathers the sharded weights on all of them). An empty one (a rank with
-        fewer rows than the others' micro-batches) runs a row at zero weight."""
-        if not self.cfg.micro_batch_tokens:
-            return list(td.split(self.cfg.micro_batch_size))
-        bins = micro_batches(B.row_tokens(td), self.cfg.micro_batch_tokens, self.cfg.packing)
+    def _fetch(self, td: Any) -> TensorDict:
+        """A part's scored rows here: fetched if a reference, an IPC handle mapped."""
+        import ray
+
+        if isinstance(td, ray.ObjectRef):
+            td = ray.get(td)
+        return receive(B.check_scored(td, "student.train_step"))
+
+    def _forward(self, part: B.TeacherPart, mb: TensorDict, spec: ObjectiveSpec):
+        """(loss, divergence, sampled tokens' log-probs or None) of one micro-batch."""
+        ids, mask, pos, start = self._inputs(mb)
+        signal = B.signal_of(mb)  # after receive: an IPC handle has become the tensor
+        extras = {
+            "targets": mb[B.RESPONSE_IDS].to(self.device),
+            "rollout_logprobs": mb[B.ROLLOUT_LOGPROBS].to(self.device),
+        }
+        return self.model(
+            ids,
+            mask,
+            pos,
+            start,
+            signal,
+            self._teacher(mb, signal),
+            self._weights(mb, part),
+            extras,
+            spec,
+            self.loss_cfg.pg_discount,
+            B.ROLLOUT_REPLICA in mb.keys(),  # on-policy rows: compare with the sampler
+            part.teacher,
+        )
+
+    def _micro_batches(
+        self, parts: list[tuple[B.TeacherPart, TensorDict]]
+    ) -> list[tuple[B.TeacherPart, TensorDict]]:
+        """This rank's rows in micro-batches of one part each: of student.micro_batch_size
+        rows, or within student.micro_batch_tokens tokens (ondistill/packing.py), as many on
+        every rank (each forward all-gathers the sharded weights on all of them; with several
+        teachers their rows fall unevenly on the ranks). An empty one (a rank with fewer rows
+        than the others' micro-batches) runs a row at zero weight."""
+        bins: list[list[int]] = []
+        owner: list[int] = []  # the part of each of this rank's rows, numbered across parts
+        for i, (_, td) in enumerate(parts):
+            rows = td.batch_size[0]
+            if self.cfg.micro_batch_tokens:
+                tokens = B.row_tokens(td)
+                local = micro_batches(tokens, self.cfg.micro_batch_tokens, self.cfg.packing)
+            else:
+                step = self.cfg.micro_batch_size
+                local = [list(range(j, min(j + step, rows))) for j in range(0, rows, step)]
+            bins += [[len(owner) + r for r in b] for b in local]
+            owner += [i] * rows
         count = torch.tensor(len(bins), device=self.device)  # nccl reduces on the GPU
         if self.world_size > 1:
             dist.all_reduce(count, dist.ReduceOp.MAX)
         out = []
         for rows in even_out(bins, int(count)):
-            mb = td[torch.tensor(rows or [0])]
+            i = owner[rows[0]] if rows else 0
+            part, td = parts[i]
+            first = owner.index(i)  # the part's first row in the numbering
+            mb = _take(td, [r - first for r in rows] or [0])
             if not rows:
                 mb.set(B.RESPONSE_MASK, torch.zeros_like(mb[B.RESPONSE_MASK]))
-            out.append(mb)
+            out.append((part, mb))
         return out
 
     def _teacher(self, td: TensorDict, signal: B.Signal) -> dict[str, torch.Tensor]:
@@ -269,8 +286,9 @@ class StudentWorker:
         return {k: td[k].to(self.device) for k in B.teacher_keys(signal)}
 
     @torch.no_grad()
-    def xtok_stats(self, td: TensorDict) -> dict[str, torch.Tensor]:
-        """Per aligned chunk metrics of this rank's rows (cross-tokenizer batches)."""
+    def xtok_stats(self, td: TensorDict, teacher: str = "") -> dict[str, torch.Tensor]:
+        """Per aligned chunk metrics of this rank's rows (cross-tokenizer batches) against the
+        teacher called `teacher`."""
         self.model.eval()
         ids, mask, pos, start = self._inputs(td)
         out = self.model.xtok_stats(
@@ -280,6 +298,7 @@ class StudentWorker:
             start,
             td[B.RESPONSE_IDS].to(self.device),
             self._teacher(td, B.Signal.ALIGNED),
+            teacher,
         )
         return {k: v.cpu() for k, v in out.items()}
 
@@ -291,9 +310,10 @@ class StudentWorker:
 
     @torch.no_grad()
     def token_stats(
-        self, td: TensorDict, divergences: tuple[str, ...] = ()
+        self, td: TensorDict, divergences: tuple[str, ...] = (), teacher: str = ""
     ) -> dict[str, torch.Tensor]:
-        """Per-response-token stats of this rank's rows (flattened over response_mask)."""
+        """Per-response-token stats of this rank's rows (flattened over response_mask) against
+        the teacher called `teacher`."""
         self.model.eval()
         td = receive(td)
         ids, mask, pos, start = self._inputs(td)
@@ -308,6 +328,7 @@ class StudentWorker:
             keep,
             th.to(self.device) if th is not None else None,
             divergences,
+            teacher,
         )
         return {k: v.cpu() for k, v in out.items()}
 
@@ -438,3 +459,30 @@ class StudentWorker:
         extra = torch.load(f"{path}/student_extra_rank{self.rank}.pt", weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])
+
+
+def _take(td: TensorDict, rows: list[int]) -> TensorDict:
+    """td's rows: a view when they are contiguous (one micro-batch of a row-split part)."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return td[rows[0] : rows[0] + len(rows)]
+    return td[torch.tensor(rows)]
+
+
+def _signal_metrics(part: B.TeacherPart, td: TensorDict) -> dict[str, float]:
+    """What a part's signal says beyond the loss: the student tokens that start an aligned
+    chunk (another tokenizer), the top-k mass (a top-k teacher). The one teacher's as totals
+    (trainer.metrics makes them shares), a named teacher's as this rank's share of its own."""
+    signal = B.signal_of(td)
+    if signal is B.Signal.ALIGNED:
+        from ondistill.xtok.translate import aligned_starts
+
+        key, value = "aligned_tokens", float(aligned_starts(td))
+    elif signal is B.Signal.TOPK:
+        mass = td[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[td[B.RESPONSE_MASK]]
+        key, value = "topk_mass", float(mass.sum())
+    else:
+        return {}
+    if not part.teacher:
+        return {key: value}
+    share = {"aligned_tokens": "aligned_fraction", "topk_mass": "teacher_topk_mass"}[key]
+    return {f"{share}/{part.teacher}": value / max(1, part.tokens)}

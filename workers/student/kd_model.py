@@ -6,6 +6,7 @@ method) so FSDP2 has the output head unsharded exactly while it is used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,26 +31,34 @@ from ondistill.xtok.vocab import SharedVocab
 from workers.compile import compile_blocks
 
 
+@dataclass
+class TeacherHead:
+    """What the student side holds of one teacher: its output head and, for a teacher of
+    another tokenizer, the cross-tokenizer method and the two vocabularies' shared tokens."""
+
+    head: OutputHead
+    cross_tokenizer: str = "none"
+    shared: SharedVocab | None = None
+
+
 class KDModel(nn.Module):
     def __init__(
         self,
         lm: Any,  # a transformers causal LM
-        teacher_head: OutputHead | None,
+        teachers: dict[str, TeacherHead],
         chunk_size: int,
-        cross_tokenizer: str = "none",
-        shared: SharedVocab | None = None,
         packing: bool = False,
         pad_to: int = 0,
     ):
-        """packing: training forwards run on packed rows (ondistill/packing.py), filled up to
-        pad_to tokens (static shapes for the compiled blocks)."""
+        """teachers: by name ("" for the one teacher of a single-teacher run). packing:
+        training forwards run on packed rows (ondistill/packing.py), filled up to pad_to
+        tokens (static shapes for the compiled blocks)."""
         super().__init__()
         self.packing, self.pad_to = packing, pad_to
         self.lm = lm
-        self.teacher_head = teacher_head
+        self.teachers = teachers
         self.chunk_size = chunk_size
         self.student_spec = HeadSpec.from_config(lm.config.to_dict())
-        self.cross_tokenizer, self.shared = cross_tokenizer, shared
 
     def _hidden(self, ids, mask, pos, start: int, width: int) -> torch.Tensor:
         span, decoder = slice(start, start + width), self.lm.get_decoder()
@@ -57,10 +66,13 @@ class KDModel(nn.Module):
             return forward_packed(decoder, ids, mask, span, self.pad_to)
         return forward_columns(decoder, ids, mask, pos, span)
 
-    def _head(self) -> OutputHead:
-        if self.teacher_head is None:
-            raise RuntimeError("this student was built without the teacher's output head")
-        return self.teacher_head
+    def _teacher(self, name: str) -> TeacherHead:
+        if name not in self.teachers:
+            raise RuntimeError(
+                f"this student holds no output head of teacher {name!r} (it has "
+                f"{sorted(self.teachers)})"
+            )
+        return self.teachers[name]
 
     def forward(
         self,
@@ -75,20 +87,23 @@ class KDModel(nn.Module):
         spec: ObjectiveSpec,
         discount: float = 0.0,
         logprobs: bool = False,
+        name: str = "",
     ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
         """(weighted sum of the per-token objective, weighted sum of the divergence, and with
         `logprobs` the student's log-prob of each response token [n] where weights != 0) over
         the response positions. teacher: the tensors of `signal` under their batch keys
-        (B.SCORED_KEYS); weights, extras (targets, rollout_logprobs): [b, R]."""
+        (B.SCORED_KEYS), from the teacher called `name`; weights, extras (targets,
+        rollout_logprobs): [b, R]."""
         hidden = self._hidden(ids, mask, pos, start, weights.shape[1])
         head_w = self.lm.get_output_embeddings().weight
         stats: dict = {}
+        t = self._teacher(name)
         if signal is B.Signal.ALIGNED:
             pair = AlignedPair.of(
-                hidden, head_w, self.student_spec, extras["targets"], teacher, self._head()
+                hidden, head_w, self.student_spec, extras["targets"], teacher, t.head
             )
             loss = cross_tokenizer_loss(
-                self.cross_tokenizer, pair, weights, spec, self.shared, self.chunk_size, stats
+                t.cross_tokenizer, pair, weights, spec, t.shared, self.chunk_size, stats
             )
             lp = None
             if logprobs:  # the loss walks aligned chunks, not these tokens: one more pass
@@ -103,7 +118,7 @@ class KDModel(nn.Module):
         ex = {k: v[keep] for k, v in extras.items()}
         side: TeacherSide
         if signal is B.Signal.HIDDEN:
-            side = HiddenTeacher(teacher[B.TEACHER_HIDDEN][keep], self._head())
+            side = HiddenTeacher(teacher[B.TEACHER_HIDDEN][keep], t.head)
         else:
             side = TopKTeacher(
                 teacher[B.TEACHER_TOPK_IDS][keep], teacher[B.TEACHER_TOPK_LOGPROBS][keep]
@@ -114,7 +129,7 @@ class KDModel(nn.Module):
                 h.detach(),
                 head_w,
                 teacher[B.TEACHER_HIDDEN][keep],
-                self._head(),
+                t.head,
                 ex["targets"],
                 (),
                 self.chunk_size,
@@ -139,15 +154,17 @@ class KDModel(nn.Module):
         keep: torch.Tensor,
         teacher_hidden: torch.Tensor | None,
         divergences: tuple[str, ...],
+        name: str = "",
     ):
-        """Per-token stats (see chunked_token_stats) for the response tokens where keep [b, R]."""
+        """Per-token stats (see chunked_token_stats) for the response tokens where keep [b, R],
+        against the teacher called `name`."""
         hidden = self._hidden(ids, mask, pos, start, targets.shape[1])
         th = teacher_hidden[keep] if teacher_hidden is not None else None
         return chunked_token_stats(
             hidden[keep],
             self.lm.get_output_embeddings().weight,
             th,
-            self._head() if th is not None else None,
+            self._teacher(name).head if th is not None else None,
             targets[keep],
             divergences,
             self.chunk_size,
@@ -155,15 +172,24 @@ class KDModel(nn.Module):
         )
 
     def xtok_stats(
-        self, ids, mask, pos, start: int, targets: torch.Tensor, teacher: dict[str, torch.Tensor]
+        self,
+        ids,
+        mask,
+        pos,
+        start: int,
+        targets: torch.Tensor,
+        teacher: dict[str, torch.Tensor],
+        name: str = "",
     ) -> dict[str, torch.Tensor]:
-        """Per aligned chunk metrics (see ondistill.xtok.losses.aligned_stats)."""
+        """Per aligned chunk metrics (see ondistill.xtok.losses.aligned_stats) against the
+        teacher called `name`."""
         hidden = self._hidden(ids, mask, pos, start, targets.shape[1])
         weight = self.lm.get_output_embeddings().weight
-        pair = AlignedPair.of(hidden, weight, self.student_spec, targets, teacher, self._head())
-        if self.shared is None:
-            raise RuntimeError("aligned stats need the shared vocabulary (loss.cross_tokenizer)")
-        return aligned_stats(pair, self.shared, self.chunk_size)
+        t = self._teacher(name)
+        pair = AlignedPair.of(hidden, weight, self.student_spec, targets, teacher, t.head)
+        if t.shared is None:
+            raise RuntimeError("aligned stats need the shared vocabulary (a cross_tokenizer)")
+        return aligned_stats(pair, t.shared, self.chunk_size)
 
 
 def parallelize(
