@@ -50,7 +50,7 @@ def two_teachers() -> Config:
         ),
         (
             lambda c: setattr(c.teachers[0].engine, "backend", "trt"),
-            "teachers[0].engine.backend='trt' is not valid; choose one of: hf, sglang",
+            "teachers[0].engine.backend='trt' is not valid; choose one of: auto, hf, sglang",
         ),
         (
             lambda c: setattr(c.teachers[1].engine, "topk", 8),
