@@ -83,3 +83,12 @@ def test_summary_warns_when_answers_move_away_from_the_teacher(tmp_path, chrf_af
     text = summary({"before": before, "after": after, "teacher": teacher}, tmp_path, 1.0)
     assert "looks collapsed" not in text
     assert ("further from the teacher's than before training (chrF 18.6 -> 11.1)" in text) is warned
+
+
+def test_collapse_rule_flags_empty_answers():
+    """Whitespace has no repeated n-grams and counts as varied; the empty share catches it."""
+    blank = ["   \n\n  ", "\t", "", "The moon orbits the Earth."]
+    assert text_metrics(blank, [8] * 4, [False] * 4)["empty_share"] == pytest.approx(0.75)
+    reasons = CollapseRule().check(_eval(blank), _eval(VARIED))
+    assert any("75% of its greedy answers are empty" in r for r in reasons)
+    assert CollapseRule().check(_eval(VARIED), _eval(VARIED)) == []

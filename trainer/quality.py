@@ -68,6 +68,8 @@ def text_metrics(texts: list[str], lengths: list[int], ended: list[bool]) -> dic
         "repeated_3gram_rate": repeated_ngram_rate(texts, 3),
         "mean_length": sum(lengths) / n,
         "eos_share": sum(ended) / n,
+        # answers without a word or mark: whitespace scores as "varied" on the two above
+        "empty_share": sum(not words(t) for t in texts) / n,
     }
 
 
@@ -79,6 +81,7 @@ class CollapseRule:
 
     distinct_2_ratio: float = 0.6  # student distinct-2 below 0.6 x the teacher's
     repeat_margin: float = 0.25  # student repeated-3-gram rate above the teacher's + 0.25
+    empty_margin: float = 0.25  # student share of empty answers above the teacher's + 0.25
 
     @staticmethod
     def suffixes(metrics: dict[str, float]) -> list[str]:
@@ -109,6 +112,13 @@ class CollapseRule:
                 reasons.append(
                     f"{s['repeated_3gram_rate']:.0%} of the 3-grams of its {kind} "
                     f"answers repeat (the teacher's: {t['repeated_3gram_rate']:.0%})"
+                )
+            # absent from metrics written before the key existed (a resumed run's teacher)
+            empty = [d.get(f"eval/{kind}_empty_share{suffix}", 0.0) for d in (student, teacher)]
+            if empty[0] > empty[1] + self.empty_margin:
+                reasons.append(
+                    f"{empty[0]:.0%} of its {kind} answers are empty or whitespace "
+                    f"(the teacher's: {empty[1]:.0%})"
                 )
         return reasons
 
