@@ -203,3 +203,26 @@ def test_teacher_that_prepends_a_space_still_aligns(tables, metaspace_tokenizer)
         # words start a chunk of their own.
         assert aligned == len(s_ids), (text, al.student_chunk)
         assert al.num_chunks >= len(text.split()) // 2, (text, al.num_chunks)
+
+
+def test_a_special_token_inside_a_chunk_drops_that_chunk_on_both_sides():
+    """A student sample may hold a byte-less special token mid-text: the chunk it splits is
+    left out on both sides, the chunks after it keep matching indices, and each side has one
+    start per chunk (a split chunk used to count twice on the student side)."""
+    import torch
+
+    from ondistill.xtok.losses import chunk_starts
+
+    student = [b"ab", b"", b"cd", b"ef", b"gh", b"<end>"]  # id 1: a special token, no bytes
+    teacher = [b"abcd", b"ef", b"gh", b"<end>"]
+    a = align([0, 1, 2, 3, 4, 5], [0, 1, 2, 3], student, teacher, True, True)
+    assert a.student_chunk == [-1, -1, -1, 0, 1, 2]
+    assert a.teacher_chunk == [-1, 0, 1, 2]
+    assert a.num_chunks == 3
+    starts = [
+        int(chunk_starts(torch.tensor([c])).sum()) for c in (a.student_chunk, a.teacher_chunk)
+    ]
+    assert starts == [3, 3]
+    # a special token between chunks splits nothing: every chunk stays
+    b = align([0, 2, 1, 3], [0, 1], student, teacher)
+    assert b.student_chunk == [0, 0, -1, 1] and b.teacher_chunk == [0, 1] and b.num_chunks == 2

@@ -7,8 +7,9 @@ chunk: a run of 1..n student tokens and 1..m teacher tokens covering the same by
   - the first token of chunk k starts at the same byte on both sides, so the two models'
     next-token distributions there are conditioned on the same text;
   - the chunk's probability on each side is the product of its tokens' probabilities.
-Tokens with no bytes (special tokens) and tokens past the texts' common prefix get chunk -1;
-end-of-turn tokens that end both responses form one last chunk of their own.
+Tokens with no bytes (special tokens) and tokens past the texts' common prefix get chunk -1,
+and so does a whole chunk that a byte-less token splits; end-of-turn tokens that end both
+responses form one last chunk of their own.
 
 A teacher tokenizer may put bytes before the text it was given: SentencePiece's dummy prefix
 (a Metaspace pre-tokenizer with prepend_scheme "always", as in many Llama- and Mistral-family
@@ -67,6 +68,32 @@ def _chunks(ends: list[int], sizes: list[int], bounds: list[int]) -> list[int]:
     return out
 
 
+def _split(chunks: list[int]) -> set[int]:
+    """Chunks whose tokens are not contiguous: a token without bytes (a special token a sample
+    may hold mid-text) sits inside them."""
+    seen, last, split = set(), -1, set()
+    for k in chunks:
+        if k >= 0 and k != last:
+            if k in seen:
+                split.add(k)
+            seen.add(k)
+        last = k
+    return split
+
+
+def _drop_split_chunks(
+    s_chunk: list[int], t_chunk: list[int], num: int
+) -> tuple[list[int], list[int], int]:
+    """Leave out (-1) every chunk that a byte-less token splits on either side, and number the
+    rest 0..n-1 on both sides alike: a split chunk has no single first token to condition on,
+    and the losses count a chunk once per contiguous run (one more on that side)."""
+    split = _split(s_chunk) | _split(t_chunk)
+    if not split:
+        return s_chunk, t_chunk, num
+    new = {k: i for i, k in enumerate(k for k in range(num) if k not in split)}
+    return [new.get(k, -1) for k in s_chunk], [new.get(k, -1) for k in t_chunk], len(new)
+
+
 def align(
     student_ids: list[int],
     teacher_ids: list[int],
@@ -86,7 +113,7 @@ def align(
     s_sizes = [len(student_table[i]) for i in student_ids[: len(s_ends)]]
     t_sizes = [len(teacher_table[i]) for i in teacher_ids[: len(t_ends)]]
     s_chunk, t_chunk = _chunks(s_ends, s_sizes, bounds), _chunks(t_ends, t_sizes, bounds)
-    num = len(bounds) - 1
+    s_chunk, t_chunk, num = _drop_split_chunks(s_chunk, t_chunk, len(bounds) - 1)
     if student_end and teacher_end:
         same_text = common == len(s_text) == len(t_text)
         s_chunk.append(num if same_text else -1)
