@@ -30,11 +30,11 @@ def test_a_role_environment_reaches_its_actors_only(ray_local):
 
 
 def test_auto_teacher_backend(tmp_path):
-    cfg = TeacherConfig()
-    assert pick_teacher_backend("hf", cfg, {}) == "hf"
-    assert pick_teacher_backend("sglang", cfg, {}) == "sglang"
+    assert pick_teacher_backend(TeacherConfig(backend="hf"), {}) == "hf"
+    assert pick_teacher_backend(TeacherConfig(backend="sglang"), {}) == "sglang"
     (tmp_path / "sglang").mkdir()  # an SGLang install only the teacher's actors see
-    found = pick_teacher_backend("auto", cfg, {"PYTHONPATH": str(tmp_path)})
+    cfg = TeacherConfig()  # auto
+    found = pick_teacher_backend(cfg, {"PYTHONPATH": str(tmp_path)})
     assert found == ("sglang" if torch.cuda.is_available() else "hf")
     cfg.tp_size = 2  # tensor-parallel teachers are served by hf
-    assert pick_teacher_backend("auto", cfg, {"PYTHONPATH": str(tmp_path)}) == "hf"
+    assert pick_teacher_backend(cfg, {"PYTHONPATH": str(tmp_path)}) == "hf"

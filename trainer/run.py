@@ -43,12 +43,12 @@ def pick_rollout_backend(name: str) -> str:
     return name
 
 
-def pick_teacher_backend(name: str, cfg: TeacherConfig, env: dict[str, str]) -> str:
+def pick_teacher_backend(cfg: TeacherConfig, env: dict[str, str]) -> str:
     """auto -> sglang where the teacher would run on a GPU and can import SGLang (from this
     environment or a PYTHONPATH of ray.teacher.env), else hf (also for tensor-parallel
     teachers, which only hf serves)."""
-    if name != "auto":
-        return name
+    if cfg.backend != "auto":
+        return cfg.backend
     import torch
 
     paths = [p for p in env.get("PYTHONPATH", "").split(":") if p and "$" not in p]
@@ -182,7 +182,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     backend = pick_rollout_backend(cfg.rollout.backend)
     for t in teachers:  # auto resolved here, not in cfg: config.json keeps what was asked
         t.engine = dataclasses.replace(
-            t.engine, backend=pick_teacher_backend(t.engine.backend, t.engine, t.place.env)
+            t.engine, backend=pick_teacher_backend(t.engine, t.place.env)
         )
         print(f"[ondistill] teacher {t.name + ' ' if t.name else ''}{t.model_dir}")
     print(

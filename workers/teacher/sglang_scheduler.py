@@ -70,11 +70,10 @@ def patch_result_processor() -> None:
 
     def process_prefill(self, *args, **kwargs):
         global _copy
-        _copy = None  # each forward's results get a copy of their own
         try:
             return prefill(self, *args, **kwargs)
-        finally:
-            _copy = None  # the requests' views keep it alive until the teacher is done
+        finally:  # the next forward's results get a copy of their own; the requests' views
+            _copy = None  # keep this one alive until the teacher is done
 
     cls._append_prefill_hidden_states = append
     cls.process_batch_result_prefill = process_prefill
