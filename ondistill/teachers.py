@@ -16,9 +16,8 @@ from ondistill.config import (
     Placement,
     RoutingConfig,
     TeacherConfig,
-    check_values,
-    validate_teacher,
 )
+from ondistill.config_checks import check_values, validate_teacher
 from ondistill.xtok import METHODS
 
 

@@ -9,7 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from ondistill import batch as B
-from ondistill.config import Config, ConfigError, DataConfig, validate
+from ondistill.config import Config, ConfigError, DataConfig
+from ondistill.config_checks import validate
 from ondistill.data import DataError, PromptSet
 from ondistill.model_files import resolve
 

@@ -21,8 +21,8 @@ from ondistill.config import (
     NamedTeacher,
     StudentConfig,
     TeacherConfig,
-    validate,
 )
+from ondistill.config_checks import validate
 from ondistill.data import DataError, PromptSet, Routing, collate_prompts, read_rows
 from trainer.controller import DatasetRollout
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ondistill.config import Config, ConfigError, TeacherConfig, schedule, validate
+from ondistill.config import Config, ConfigError, TeacherConfig, schedule
+from ondistill.config_checks import validate
 from ondistill.data import PromptSet
 from ondistill.model_files import derive_student, resolve
 from trainer.teachers import TeacherSpec, other_tokenizer, routing_of, teacher_specs
