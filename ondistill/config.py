@@ -94,8 +94,9 @@ class TeacherConfig:
     self_distill: str = "none"  # none | live | ema
     self_every: int = 1
     ema_decay: float = 0.99
-    # hf: tensor-parallel ranks per replica (transformers' tp_plan, one Ray actor each asking
-    # ray.teacher), for a teacher that does not fit one card
+    # tensor-parallel ranks per replica, for a teacher that does not fit one card. hf:
+    # transformers' tp_plan, one Ray actor per rank asking ray.teacher; sglang: one actor runs
+    # every rank (a card each: tp_size whole cards, or its share of tp_size cards)
     tp_size: int = 1
     dtype: str = "float32"
     topk: int = 0  # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket

@@ -151,11 +151,6 @@ def validate_teacher(
             f"{key}.self_distill={t.self_distill} copies the student into one "
             f"teacher engine; set {key}.tp_size=1 and {method_key}=none."
         )
-    if t.tp_size > 1 and t.backend == "sglang":
-        raise ConfigError(
-            f"{key}.tp_size={t.tp_size} is served by {key}.backend=hf; "
-            f"set {key}.backend=hf or {key}.tp_size=1."
-        )
     if t.tp_size > 1 and cfg.ray.placement != "none":
         raise ConfigError(
             f"{key}.tp_size={t.tp_size} places each rank by ray.teacher alone; "

@@ -9,6 +9,11 @@ then --reps timed calls; writes one JSON file:
 
     python scripts/bench_score.py --teacher 8b --rows 512 --out $OUT/score.json
 
+--random-weights saves only the teacher's config (SGLang's load_format=dummy, transformers'
+from_config on the card): a 30B or 32B shape's 60+ GB of weights need no disk. --tp 2 runs
+SGLang tensor-parallel over two cards (the hf backend's tensor parallelism needs Ray ranks and
+a checkpoint: not timed here).
+
 sglang_prefill times SGLang's Engine.generate on the same ids without hidden states: what the
 forward costs, so the rest of `sglang` is the hand-over of hidden states.
 """
@@ -58,6 +63,25 @@ def rollout_batch(rows: int, prompt_len: int, new_tokens: int):
     )
 
 
+COMPILE = {"auto": None, "true": True, "false": False}  # teacher.compile: null = on CUDA
+
+
+def random_from_pretrained() -> None:
+    """transformers' from_pretrained made to build the model from its config alone, with
+    random weights, on the card (for --random-weights: no checkpoint on disk)."""
+    import torch
+    import transformers
+
+    def build(path: str, dtype, attn_implementation: str, **_) -> object:
+        config = transformers.AutoConfig.from_pretrained(path)
+        with torch.device("cuda"):
+            return transformers.AutoModelForCausalLM.from_config(
+                config, dtype=dtype, attn_implementation=attn_implementation
+            )
+
+    transformers.AutoModelForCausalLM.from_pretrained = build  # type: ignore[method-assign]
+
+
 def worker(a) -> dict:
     """One backend in this process: median seconds of --reps score calls after a warm-up."""
     import torch
@@ -68,13 +92,24 @@ def worker(a) -> dict:
     if a.worker == "hf":
         from workers.teacher.hf import HFTeacher
 
-        cfg = TeacherConfig(dtype="bfloat16", micro_batch_size=a.hf_micro)
+        if a.random_weights:
+            random_from_pretrained()
+        cfg = TeacherConfig(
+            dtype="bfloat16", micro_batch_size=a.hf_micro, compile=COMPILE[a.hf_compile]
+        )
         teacher = HFTeacher(a.teacher_dir, cfg)
     else:
         from workers.teacher.sglang import SGLangTeacher
 
         args = {**SGLANG_ARGS, **json.loads(a.sglang_args)}
-        cfg = TeacherConfig(dtype="bfloat16", gpu_memory_utilization=0.5, engine_args=args)
+        if a.random_weights:
+            args["load_format"] = "dummy"
+        cfg = TeacherConfig(
+            dtype="bfloat16",
+            gpu_memory_utilization=a.sglang_memory,
+            engine_args=args,
+            tp_size=a.tp,
+        )
         teacher = SGLangTeacher(a.teacher_dir, cfg)  # type: ignore[assignment]
     batch = rollout_batch(a.rows, a.prompt_len, a.new_tokens)
 
@@ -122,6 +157,12 @@ def main() -> None:
     p.add_argument("--sglang-args", default="{}", help="JSON: more SGLang Engine arguments")
     p.add_argument("--sglang-path", default="", help="SGLang's install, first on its path")
     p.add_argument("--backends", default="hf,sglang,sglang_prefill")
+    p.add_argument("--tp", type=int, default=1, help="SGLang tensor-parallel cards")
+    p.add_argument("--sglang-memory", type=float, default=0.5, help="SGLang's mem_fraction_static")
+    p.add_argument(
+        "--hf-compile", choices=sorted(COMPILE), default="auto", help="hf: teacher.compile"
+    )
+    p.add_argument("--random-weights", action="store_true", help="no checkpoint: see above")
     p.add_argument("--workdir", default="/tmp/ondistill_bench")
     p.add_argument("--out", default="")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -133,7 +174,8 @@ def main() -> None:
 
     import torch
 
-    teacher = gpu_models.build_model(a.teacher, Path(a.workdir) / f"qwen3-{a.teacher}")
+    name = f"qwen3-{a.teacher}" + ("-config" if a.random_weights else "")
+    teacher = gpu_models.build_model(a.teacher, Path(a.workdir) / name, not a.random_weights)
     result = {"device": torch.cuda.get_device_name(0), "args": vars(a), "runs": []}
     for backend in a.backends.split(","):
         env = dict(os.environ)

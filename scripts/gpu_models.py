@@ -63,6 +63,19 @@ QWEN3 = {
         intermediate_size=25600,
         tie_word_embeddings=False,
     ),
+    # mixture of experts: 128 experts of width 768, 8 routed per token (~3B of ~30B active)
+    "30b-a3b": dict(
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+    ),
     # a toy shape to check this script end to end on a CPU
     "tiny": dict(
         hidden_size=64,
@@ -99,13 +112,17 @@ def save_tokenizer(path: Path) -> None:
     ).save_pretrained(path)
 
 
-def build_model(shape: str, path: Path) -> Path:
+def build_model(shape: str, path: Path, weights: bool = True) -> Path:
+    """A random bf16 model of `shape` saved in HF format; weights=False saves only its config
+    and tokenizer (engines then make random weights themselves: SGLang's load_format=dummy,
+    transformers' from_config), for shapes whose weights would not fit the machine's disk."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen3Config
+    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3MoeConfig
 
     if (path / "config.json").exists():
         return path
-    cfg = Qwen3Config(
+    config_cls = Qwen3MoeConfig if "num_experts" in QWEN3[shape] else Qwen3Config
+    cfg = config_cls(
         vocab_size=VOCAB,
         head_dim=128,
         max_position_embeddings=40_960,
@@ -113,6 +130,13 @@ def build_model(shape: str, path: Path) -> Path:
         rms_norm_eps=1e-6,
         **QWEN3[shape],
     )
+    if not weights:
+        cfg.architectures = [config_cls.__name__.replace("Config", "ForCausalLM")]
+        tmp = path.with_name(path.name + ".tmp")
+        cfg.save_pretrained(tmp)
+        save_tokenizer(tmp)
+        os.replace(tmp, path)
+        return path
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU: seconds instead of minutes

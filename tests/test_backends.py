@@ -8,6 +8,7 @@ import torch
 
 from ondistill.config import Placement, TeacherConfig
 from trainer.run import pick_teacher_backend
+from workers.group import tp_engine_placement
 
 
 class Probe:
@@ -36,5 +37,17 @@ def test_auto_teacher_backend(tmp_path):
     cfg = TeacherConfig()  # auto
     found = pick_teacher_backend(cfg, {"PYTHONPATH": str(tmp_path)})
     assert found == ("sglang" if torch.cuda.is_available() else "hf")
-    cfg.tp_size = 2  # tensor-parallel teachers are served by hf
-    assert pick_teacher_backend(cfg, {"PYTHONPATH": str(tmp_path)}) == "hf"
+    cfg.tp_size = 2  # SGLang runs tensor-parallel ranks itself
+    assert pick_teacher_backend(cfg, {"PYTHONPATH": str(tmp_path)}) == found
+
+
+def test_a_tensor_parallel_sglang_actor_asks_for_every_ranks_card():
+    """One SGLang actor runs all teacher.tp_size ranks: what it asks Ray for."""
+    noset = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+    whole = tp_engine_placement(Placement(gpus=1, env={"A": "1"}), 4)
+    assert whole.gpus == 4 and whole.env == {"A": "1"}  # Ray shows it exactly its 4 cards
+    shared = tp_engine_placement(Placement(gpus=0.3, env={"A": "1"}), 2)
+    # a share of one card, seeing the node's cards (its ranks go there and on the next)
+    assert shared.gpus == 0.3 and shared.env == {"A": "1", noset: "1"}
+    assert tp_engine_placement(Placement(gpus=0.3), 1) == Placement(gpus=0.3)
+    assert tp_engine_placement(Placement(), 2) == Placement()  # CPU: refused by the engine

@@ -1,6 +1,7 @@
 """The SGLang teacher on a CUDA GPU (skipped elsewhere): its hidden states equal the hf
 teacher's within bf16 tolerance, and handing them to a student on the same card (CUDA IPC out
-of SGLang's scheduler, then to the student) gives what the copy through host memory gives.
+of SGLang's scheduler, then to the student) gives what the copy through host memory gives;
+tensor-parallel over two cards it scores as on one; a student's weights reach it by CUDA IPC.
 
 SGLang pins its own transformers; where it is installed apart from the rest, point
 ONDISTILL_SGLANG_PATH at that install: only the teacher's actor imports from there (the GPU
@@ -94,11 +95,13 @@ def rollout_batch(rows: int = 6) -> TensorDict:
     )
 
 
-def sglang_teacher(teacher_dir: str) -> TeacherGroup:
+def sglang_teacher(teacher_dir: str, tp_size: int = 1, gpus: float = 0.3) -> TeacherGroup:
     env = {"PYTHONPATH": f"{SGLANG_PATH}:{os.environ.get('PYTHONPATH', '')}"}
-    cfg = TeacherConfig(dtype="bfloat16", gpu_memory_utilization=0.15, engine_args=ENGINE)
+    cfg = TeacherConfig(
+        dtype="bfloat16", gpu_memory_utilization=0.15, engine_args=ENGINE, tp_size=tp_size
+    )
     return TeacherGroup(
-        "sglang", teacher_dir, cfg, Placement(gpus=0.3, env=env if SGLANG_PATH else {})
+        "sglang", teacher_dir, cfg, Placement(gpus=gpus, env=env if SGLANG_PATH else {})
     )
 
 
@@ -140,3 +143,58 @@ def test_hand_over_on_one_gpu_equals_the_host_copy(ray_local, pair):
     ]
     assert losses[-1] < losses[0]  # the student trains on handed-over hidden states
     teacher.kill(), student.kill()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_tensor_parallel_teacher_equals_one_card(ray_local, pair):
+    """teacher.tp_size=2: one actor runs both SGLang ranks, on two whole cards or (shared
+    cards, as beside a colocated student) on its share of one card and the next."""
+    batch = rollout_batch()
+    hidden = {}
+    for name, tp, gpus in (("tp1", 1, 0.3), ("tp2 cards", 2, 1.0), ("tp2 shared", 2, 0.3)):
+        teacher = sglang_teacher(pair[0], tp, gpus)
+        hidden[name] = teacher.score(batch.clone())[B.TEACHER_HIDDEN].float()
+        teacher.kill()
+    m = batch[B.RESPONSE_MASK]
+    one = hidden["tp1"][m]
+    for name in ("tp2 cards", "tp2 shared"):
+        # all-reduces in another order: bf16 rounding, as between two engines
+        assert (hidden[name][m] - one).norm() / one.norm() < 0.03, name
+        assert (hidden[name][~m] == 0).all()
+
+
+def test_weight_update_through_cuda_ipc(ray_local, pair, tmp_path):
+    """Self-distillation on one card: a student of the teacher's architecture pushes its
+    weights into the SGLang teacher by CUDA IPC (student rank -> teacher actor -> SGLang's
+    scheduler); the teacher then scores as an hf teacher loaded from those weights does."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)  # other weights, same architecture as the teacher
+    other = AutoModelForCausalLM.from_pretrained(pair[0], dtype=torch.bfloat16)
+    for p in other.parameters():
+        if p.dim() > 1:  # matrices; the norms keep their ones
+            p.data.normal_(0, 0.02)
+    other.save_pretrained(tmp_path / "other")
+    for f in Path(pair[0]).glob("tokenizer*"):
+        (tmp_path / "other" / f.name).write_bytes(f.read_bytes())
+    teacher = sglang_teacher(pair[0])
+    student = StudentGroup(
+        StudentConfig(lr=1e-3, warmup_steps=0, threads=1, param_dtype="bfloat16"),
+        LossConfig(),
+        str(tmp_path / "other"),
+        pair[0],
+        4,
+        Placement(gpus=0.3),
+    )
+    assert teacher.share_gpu_with(student)  # one card: the push goes by CUDA IPC
+    batch = rollout_batch()
+    before = teacher.score(batch.clone())[B.TEACHER_HIDDEN].float()
+    assert student.push_teacher(teacher, ema=False) > 0
+    after = teacher.score(batch.clone())[B.TEACHER_HIDDEN].float()
+    teacher.kill(), student.kill()
+    hf = TeacherGroup("hf", str(tmp_path / "other"), TeacherConfig(dtype="bfloat16"))
+    want = hf.score(batch.clone())[B.TEACHER_HIDDEN].float()
+    hf.kill()
+    m = batch[B.RESPONSE_MASK]
+    assert (after[m] - want[m]).norm() / want[m].norm() < 0.03
+    assert (before[m] - want[m]).norm() / want[m].norm() > 0.5  # the update changed it

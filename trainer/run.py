@@ -46,8 +46,7 @@ def pick_rollout_backend(name: str) -> str:
 
 def pick_teacher_backend(cfg: TeacherConfig, env: dict[str, str]) -> str:
     """auto -> sglang where the teacher would run on a GPU and can import SGLang (from this
-    environment or a PYTHONPATH of ray.teacher.env), else hf (also for tensor-parallel
-    teachers, which only hf serves)."""
+    environment or a PYTHONPATH of ray.teacher.env), else hf."""
     if cfg.backend != "auto":
         return cfg.backend
     import torch
@@ -56,7 +55,7 @@ def pick_teacher_backend(cfg: TeacherConfig, env: dict[str, str]) -> str:
     has_sglang = importlib.util.find_spec("sglang") is not None or any(
         (Path(p) / "sglang").is_dir() for p in paths
     )
-    return "sglang" if torch.cuda.is_available() and has_sglang and cfg.tp_size == 1 else "hf"
+    return "sglang" if torch.cuda.is_available() and has_sglang else "hf"
 
 
 def check_tokenizers(

@@ -45,6 +45,9 @@ class TeacherEngine(Protocol):
 
     # score(share=True) can leave the hidden states on its GPU for a student there (CUDA IPC)
     shares_gpu: ClassVar[bool]
+    # True: one actor runs all teacher.tp_size ranks itself (its engine starts their
+    # processes); False: one actor per rank, joined by the group (HFTeacher.join)
+    owns_tp_ranks: ClassVar[bool]
 
     def score(self, batch: TensorDict, share: bool = False) -> TensorDict:
         """ROLLOUT keys -> batch.scored(batch, signal): the keys of the signal it sends.

@@ -7,6 +7,7 @@ is attached at runtime. Ray is imported here (and in the actors), nowhere in ond
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -40,6 +41,18 @@ def _remote(cls: type, place: Placement, slot: Slot | None = None) -> Any:
             placement_group=slot.group, placement_group_bundle_index=slot.bundle
         )
     return ray.remote(**options)(cls)
+
+
+def tp_engine_placement(place: Placement, tp_size: int) -> Placement:
+    """What one actor running all tp_size ranks of a teacher replica itself (SGLang) asks Ray
+    for, given what one rank asks for: tp_size whole cards where each rank has a card of its
+    own, else its share of one card while seeing every card of the node (its engine puts its
+    ranks on that card and the next ones, beside the actors sharing them)."""
+    if tp_size == 1 or place.gpus == 0:
+        return place
+    if place.gpus >= 1:
+        return replace(place, gpus=place.gpus * tp_size)
+    return replace(place, env={**place.env, "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"})
 
 
 def node_of(actor) -> str:
@@ -149,10 +162,11 @@ class TeacherGroup:
         self.actors = []  # one per replica (its tensor-parallel rank 0)
         self.followers: list[list] = []  # each replica's other tensor-parallel ranks
         for slot in slots or [None] * cfg.replicas:
-            remote = _remote(cls, place or Placement(), slot)
-            if cfg.tp_size == 1:
-                self.actors.append(remote.remote(model_dir, cfg))
+            if cfg.tp_size == 1 or cls.owns_tp_ranks:
+                own = tp_engine_placement(place or Placement(), cfg.tp_size)
+                self.actors.append(_remote(cls, own, slot).remote(model_dir, cfg))
                 continue
+            remote = _remote(cls, place or Placement(), slot)
             ranks = [remote.remote(model_dir, cfg, r) for r in range(cfg.tp_size)]
             master = ray.get(ranks[0].tp_address.remote())
             ray.get([r.join.remote(master) for r in ranks])

@@ -342,9 +342,10 @@ class StudentWorker:
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
     @torch.no_grad()
-    def full_state(self, ema: bool = False) -> dict[str, torch.Tensor]:
-        """The student's parameters (or their EMA) as full CPU tensors under HF names, on
-        rank 0 ({} on the others); all ranks must call it (each tensor is all-gathered)."""
+    def full_state(self, ema: bool = False, on_gpu: bool = False) -> dict[str, torch.Tensor]:
+        """The student's parameters (or their EMA) as full tensors under HF names, on rank 0
+        ({} on the others), in host memory or (on_gpu) on its card; all ranks must call it
+        (each tensor is all-gathered)."""
         if ema and self.ema is None:
             raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
         source = (
@@ -354,17 +355,28 @@ class StudentWorker:
         for name, t in source.items():
             full = t.full_tensor() if hasattr(t, "full_tensor") else t
             if self.rank == 0:
-                out[name] = full.detach().cpu()
+                out[name] = full.detach() if on_gpu else full.detach().cpu()
         return out
 
     def push_teacher(self, teachers: list, ema: bool, bucket_mb: int = 256) -> int:
         """Self-distillation: the student's weights (or their EMA) into the teacher engine
-        actors, in buckets, from rank 0 through Ray; all ranks must call it. Returns bytes."""
+        actors, in buckets, from rank 0; all ranks must call it. A teacher on rank 0's card
+        gets CUDA IPC handles to them, any other CPU tensors through Ray. Returns bytes."""
         import ray
 
+        from workers.weights import actor_gpu, gpu_identity, pack
+
+        me = gpu_identity() if self.device.type == "cuda" and self.rank == 0 else None
+        ipc = [me is not None and ray.get(t.__ray_call__.remote(actor_gpu)) == me for t in teachers]
         sent = 0
-        for bucket, size in buckets(self.full_state(ema), bucket_mb):
-            ray.get([t.update_weights.remote(bucket) for t in teachers])
+        state = self.full_state(ema, on_gpu=any(ipc))  # teachers copy a bucket before returning
+        for bucket, size in buckets(state, bucket_mb):
+            ray.get(
+                [
+                    t.update_weights.remote([(n, pack(x, i)) for n, x in bucket])
+                    for t, i in zip(teachers, ipc, strict=True)
+                ]
+            )
             sent += size
         return sent
 

@@ -24,6 +24,7 @@ from workers.weights import pack, unpack
 
 class HFTeacher:
     shares_gpu: ClassVar[bool] = True  # score(share=True): see TeacherGroup.share_gpu_with
+    owns_tp_ranks: ClassVar[bool] = False  # a rank per actor, joined through `join`
     shared: torch.Tensor | None = None  # hidden states a student is mapping (IPC)
 
     def __init__(self, model_dir: str, cfg: TeacherConfig, tp_rank: int = 0):

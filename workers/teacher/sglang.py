@@ -23,11 +23,36 @@ from ondistill.heads import load_output_head, topk_logprobs
 from workers.weights import pack, unpack
 
 
+def first_gpu(tp_size: int) -> int:
+    """The card of SGLang's rank 0 (base_gpu_id); its ranks use that card and the next
+    tp_size - 1. 0 where Ray made the actor's cards its only visible ones; else (a share of
+    one card with the node's cards visible: workers/group.tp_engine_placement) a run of cards
+    that holds the one Ray gave the actor."""
+    cards = torch.cuda.device_count()
+    if tp_size > cards:
+        raise RuntimeError(
+            f"teacher.tp_size={tp_size} needs {tp_size} cards on one node but the teacher's "
+            f"actor sees {cards}; lower teacher.tp_size or place the teacher on a larger node."
+        )
+    if not os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"):
+        return 0
+    import ray
+
+    return min(int(ray.get_gpu_ids()[0]), cards - tp_size)
+
+
 class SGLangTeacher:
     shares_gpu: ClassVar[bool] = True  # score(share=True): see TeacherGroup.share_gpu_with
+    owns_tp_ranks: ClassVar[bool] = True  # SGLang starts a scheduler process per rank
 
     def __init__(self, model_dir: str, cfg: TeacherConfig):
         self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu and cfg.tp_size > 1:
+            raise RuntimeError(
+                f"teacher.tp_size={cfg.tp_size} with teacher.backend=sglang runs a rank per "
+                "GPU and this actor has none; give the teacher GPUs (ray.teacher.gpus) or set "
+                "teacher.backend=hf (tensor-parallel over gloo on CPU)."
+            )
         if not self.on_gpu:
             os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")  # else it wants vLLM's CUDA ops
         # SGLang >= 0.5.2x sends scheduler outputs through msgspec, typed as float lists,
@@ -49,12 +74,15 @@ class SGLangTeacher:
         # (chunked: the [tokens, vocab] logits never exist whole).
         self.topk = cfg.topk
         self.dtype = DTYPES[cfg.dtype]
-        self.device = torch.device("cuda" if self.on_gpu else "cpu")
+        first = first_gpu(cfg.tp_size) if self.on_gpu else 0
+        self.device = torch.device(f"cuda:{first}" if self.on_gpu else "cpu")
+        if self.on_gpu:
+            torch.cuda.set_device(self.device)  # rank 0's card: its hidden states arrive there
         self.head = load_output_head(model_dir).to(self.device) if cfg.topk else None
         torch.set_num_threads(max(1, cfg.threads))
         self.shared: torch.Tensor | None = None  # the last hidden states handed over (share)
         device_args: dict[str, Any] = (
-            {"mem_fraction_static": cfg.gpu_memory_utilization}
+            {"mem_fraction_static": cfg.gpu_memory_utilization, "base_gpu_id": first}
             if self.on_gpu
             else {
                 "device": "cpu",
@@ -73,6 +101,7 @@ class SGLangTeacher:
             skip_server_warmup=True,
             log_level="warning",
             sleep_on_idle=True,  # an idle scheduler would otherwise spin a whole core
+            tp_size=cfg.tp_size,
             **{**device_args, **cfg.engine_args},
         )
 
@@ -130,11 +159,23 @@ class SGLangTeacher:
         batch.set(B.TEACHER_HIDDEN, hidden.cpu())
         return B.scored(batch, B.Signal.HIDDEN, "teacher.score")
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Self-distillation: load new teacher weights (HF names) in place."""
-        self.engine.begin_weight_update()
-        ok, message = self.engine.update_weights_from_tensor(list(named_tensors))
-        self.engine.end_weight_update()
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Self-distillation: load new teacher weights (HF names, tensors or CUDA IPC handles
+        as workers/weights.pack makes them) in place. On GPU they go to SGLang's scheduler on
+        this card, so SGLang hands them over as CUDA IPC handles (its tensor serializer) rather
+        than pickling the bytes through host memory; a tensor mapped from another process is
+        copied first (one device-to-device copy), as SGLang can only share memory it owns."""
+        named = [(name, unpack(t)) for name, t in named_tensors]
+        if self.on_gpu:
+            named = [(name, t.to(self.device, self.dtype, copy=True)) for name, t in named]
+        # a session (SGLang >= 0.5.2x) re-lays weights out for its kernels at its end (CPU
+        # packs them); 0.5.14, the GPU machines' version, loads in place without one
+        session = hasattr(self.engine, "begin_weight_update")
+        if session:
+            self.engine.begin_weight_update()
+        ok, message = self.engine.update_weights_from_tensor(named)
+        if session:
+            self.engine.end_weight_update()
         if not ok:
             raise RuntimeError(f"SGLang rejected the teacher weight update: {message}")
 

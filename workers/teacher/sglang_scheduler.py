@@ -4,8 +4,9 @@ SGLang hands a request's prefill hidden states back as nested Python lists (`.cp
 per position): on an H200 that cut an 8B-shape teacher from 42k to 2.6k tokens/s. The
 scheduler process here keeps them as tensors instead:
   - CUDA: a clone stays on the GPU and only a CUDA IPC handle crosses the process boundary
-    (`("cuda_ipc", (rebuild_fn, args))`, the form workers/weights.py unpacks); torch keeps the
-    block alive until the teacher's process has released its mapping of it;
+    (`Shared`, unpickled as `("cuda_ipc", (rebuild_fn, args))`, the form workers/weights.py
+    unpacks); torch keeps the block alive until the teacher's process has released its
+    mapping of it;
   - CPU: a CPU tensor (SGLang pickles what the scheduler sends when SGLANG_USE_PICKLE_IPC=1;
     its default msgspec channel is typed as float lists).
 `run_scheduler` is what the teacher's Engine starts instead of SGLang's own entry point, so the
@@ -31,11 +32,30 @@ def hand_over(batch_hidden: Any, start: int, end: int) -> Any:
     global _copy
     if not batch_hidden.is_cuda:
         return batch_hidden[start:end].detach().to("cpu", copy=True)
-    from torch.multiprocessing.reductions import reduce_tensor
-
     if _copy is None:  # the first request of this forward's results
         _copy = batch_hidden.detach().clone()
-    return ("cuda_ipc", reduce_tensor(_copy[start:end]))
+    return Shared(_copy[start:end])
+
+
+class Shared:
+    """A CUDA tensor that pickles as a CUDA IPC handle, made when (and only if) the result is
+    sent: with tensor parallelism every rank's scheduler builds results but only rank 0 sends
+    them, and a handle made and never opened would keep its block alive for good."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Any):
+        self.tensor = tensor
+
+    def __reduce__(self) -> tuple:
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        return (ipc_item, (reduce_tensor(self.tensor),))
+
+
+def ipc_item(reduced: tuple) -> tuple:
+    """What a Shared unpickles to: the form workers/weights.unpack maps."""
+    return ("cuda_ipc", reduced)
 
 
 def patch_result_processor() -> None:
