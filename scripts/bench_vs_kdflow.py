@@ -390,6 +390,7 @@ def main() -> None:
     import torch
 
     result["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    out.write_text(json.dumps(result, indent=2))  # --systems "": models, rows and patch only
     systems, stamp = a.systems.split(","), int(time.time())
     for mode in a.modes:
         jobs = [("kdflow", False)] if "kdflow" in systems else []
