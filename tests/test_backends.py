@@ -7,7 +7,7 @@ import os
 import torch
 
 from ondistill.config import Placement, TeacherConfig
-from trainer.run import pick_teacher_backend
+from trainer.preflight import pick_teacher_backend
 from workers.group import tp_engine_placement
 
 

@@ -159,7 +159,8 @@ def _tiny_cfg(tiny_dirs, tmp_path, prompts="builtin"):
 
 
 def test_mismatched_tokenizers_are_refused_before_any_model_loads(tmp_path, tiny_dirs):
-    from trainer.run import check_tokenizers, prepare
+    from trainer.preflight import check_tokenizers
+    from trainer.run import prepare
 
     other = _weightless_copy(tiny_dirs[1], tmp_path / "other-student")
     tok = AutoTokenizer.from_pretrained(other)

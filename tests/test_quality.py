@@ -71,7 +71,7 @@ def _answers(distinct_2: float, repeats: float) -> dict[str, float]:
 def test_summary_warns_when_answers_move_away_from_the_teacher(tmp_path, chrf_after, warned):
     """Lower KLs with answers further from the teacher's (the old minillm run): a warning,
     although the collapse rule itself (varied, unrepeated answers) is satisfied."""
-    from trainer.run import summary
+    from trainer.report import summary
 
     before = {"eval/rkl_student_samples": 7.93, **_answers(0.94, 0.02), "eval/greedy_chrf": 18.6}
     after = {

@@ -9,7 +9,8 @@ from transformers import AutoTokenizer
 
 from ondistill.config import ConfigError
 from tests.test_run import tiny_config
-from trainer.run import check_tokenizers, run
+from trainer.preflight import check_tokenizers
+from trainer.run import run
 
 
 def test_mismatch_names_the_cross_tokenizer_option(tiny_gemma_teacher, tiny_dirs):

