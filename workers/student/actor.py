@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from ondistill.losses import ObjectiveSpec
 from ondistill.packing import attention, even_out, micro_batches
 from ondistill.xtok.losses import trim_teacher_padding
 from workers.compile import wants_compile
+from workers.student import sync
 from workers.student.kd_model import KDModel, TeacherHead, parallelize
 from workers.weights import receive
 
@@ -37,24 +37,6 @@ def lr_lambda(cfg: StudentConfig, total_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
 
     return fn
-
-
-def buckets(
-    state: dict[str, torch.Tensor], bucket_mb: int, cast: torch.dtype | None = None
-) -> Iterator[tuple[list[tuple[str, torch.Tensor]], int]]:
-    """(named tensors, bytes) buckets of ~bucket_mb, emptying `state` as it goes (each fp32
-    tensor is freed once cast); floating tensors cast to `cast` when given."""
-    bucket: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name in list(state):
-        tensor = state.pop(name)
-        if cast is not None and tensor.is_floating_point():
-            tensor = tensor.to(cast)
-        bucket.append((name, tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= bucket_mb << 20 or not state:
-            yield bucket, size
-            bucket, size = [], 0
 
 
 class StudentWorker:
@@ -332,103 +314,23 @@ class StudentWorker:
         )
         return {k: v.cpu() for k, v in out.items()}
 
-    def _full_state_dict(self, on_gpu: bool = False) -> dict[str, torch.Tensor]:
-        """All ranks must call this; rank 0 gets full tensors under HF names (on CPU, or on
-        this rank's GPU with on_gpu)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=not on_gpu)
-        state = get_model_state_dict(self.model.lm, options=opts)
-        return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-    @torch.no_grad()
     def full_state(self, ema: bool = False, on_gpu: bool = False) -> dict[str, torch.Tensor]:
-        """The student's parameters (or their EMA) as full tensors under HF names, on rank 0
-        ({} on the others), in host memory or (on_gpu) on its card; all ranks must call it
-        (each tensor is all-gathered)."""
-        if ema and self.ema is None:
-            raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
-        source = (
-            self.ema if ema and self.ema is not None else dict(self.model.lm.named_parameters())
-        )
-        out = {}
-        for name, t in source.items():
-            full = t.full_tensor() if hasattr(t, "full_tensor") else t
-            if self.rank == 0:
-                out[name] = full.detach() if on_gpu else full.detach().cpu()
-        return out
+        """The parameters (or their EMA) as full tensors on rank 0 (workers/student/sync.py)."""
+        return sync.full_params(self, ema, on_gpu)
 
     def push_teacher(self, teachers: list, ema: bool, bucket_mb: int = 256) -> int:
-        """Self-distillation: the student's weights (or their EMA) into the teacher engine
-        actors, in buckets, from rank 0; all ranks must call it. A teacher on rank 0's card
-        gets CUDA IPC handles to them, any other CPU tensors through Ray. Returns bytes."""
-        import ray
-
-        from workers.weights import actor_gpu, gpu_identity, pack
-
-        me = gpu_identity() if self.device.type == "cuda" and self.rank == 0 else None
-        ipc = [me is not None and ray.get(t.__ray_call__.remote(actor_gpu)) == me for t in teachers]
-        sent = 0
-        state = self.full_state(ema, on_gpu=any(ipc))  # teachers copy a bucket before returning
-        for bucket, size in buckets(state, bucket_mb):
-            ray.get(
-                [
-                    t.update_weights.remote([(n, pack(x, i)) for n, x in bucket])
-                    for t, i in zip(teachers, ipc, strict=True)
-                ]
-            )
-            sent += size
-        return sent
+        """Self-distillation: the weights (or their EMA) into the teacher engine actors."""
+        return sync.push_to_teachers(self, teachers, ema, bucket_mb)
 
     def push_weights(self, engines: list, bucket_mb: int = 256) -> int:
-        """Stream the student's weights to rollout engine actors in buckets of ~bucket_mb.
-
-        All ranks call it (the gather is collective). An engine on a rank's GPU gets CUDA IPC
-        handles from that rank (colocated replicas: each rank feeds its own); every other
-        engine gets CPU tensors from rank 0 (workers/weights.py). Each engine has the new
-        weights and flushed caches when this returns. Returns bytes sent per engine.
-        """
-        import ray
-
-        from workers.weights import actor_gpu, gpu_identity, pack
-
-        me = gpu_identity() if self.device.type == "cuda" else None
-        rank_gpus: list = [None] * self.world_size
-        dist.all_gather_object(rank_gpus, me)
-        where = [ray.get(e.__ray_call__.remote(actor_gpu)) for e in engines]
-        sender = [rank_gpus.index(g) if g is not None and g in rank_gpus else 0 for g in where]
-        same_gpu = [g is not None and g == rank_gpus[s] for g, s in zip(where, sender, strict=True)]
-        # on GPU with an engine to feed by IPC, every rank holds the full weights on its card;
-        # otherwise rank 0 alone, in host memory
-        state = self._full_state_dict(on_gpu=any(same_gpu))
-        mine = [i for i, s in enumerate(sender) if s == self.rank]
-        engines, same_gpu = [engines[i] for i in mine], [same_gpu[i] for i in mine]
-        if not engines:
-            return 0
-        # On GPU the engines compute in bf16: sending fp32 master weights would double the bytes.
-        cast = torch.bfloat16 if self.device.type == "cuda" else None
-        keep_alive: list[torch.Tensor] = []  # IPC'd tensors must outlive the engines' flush
-        sent = 0
-        # Every name goes, a tied lm_head too: without "lm_head.weight" vLLM CPU's layer-wise
-        # reload keeps the old head (its log-probs then miss the student's by up to 0.4).
-        for bucket, size in buckets(state, bucket_mb, cast):
-            keep_alive.extend(t for _, t in bucket)
-            ray.get(
-                [
-                    e.update_weights.remote([(n, pack(t, ipc)) for n, t in bucket])
-                    for e, ipc in zip(engines, same_gpu, strict=True)
-                ]
-            )
-            sent += size
-        ray.get([e.flush.remote() for e in engines])
-        keep_alive.clear()
-        return sent
+        """The weights into the rollout engine actors; bytes sent per engine."""
+        return sync.push_to_engines(self, engines, bucket_mb)
 
     def save_hf(self, path: str, student_dir: str) -> None:
         """Write the student in Hugging Face format (rank 0 writes; all ranks must call)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        state = self._full_state_dict()
+        state = sync.model_state(self)
         if self.rank == 0:
             lm = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
             lm.load_state_dict(state)
