@@ -47,7 +47,7 @@ from types import SimpleNamespace
 
 import bench_gpu
 import kdflow_patch
-from gpu_models import PAIRS, GpuMemory, build_model, write_prompts
+from gpu_models import PAIRS, GpuMemory, build_model, gpu_used_gib, write_prompts
 
 # KDFlow's stage times as its trainers log them, under ondistill's stage names
 STAGES = {
@@ -212,9 +212,7 @@ def wait_card_free(limit_s: float = 90.0) -> float:
     used, end = 0.0, time.time() + limit_s
     while time.time() < end:
         try:
-            query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
-            out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
-            used = max(float(x) / 1024 for x in out.split())
+            used = gpu_used_gib()
         except (OSError, ValueError, subprocess.TimeoutExpired):
             return 0.0
         if used <= 2.0:

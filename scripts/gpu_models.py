@@ -205,9 +205,16 @@ def train_flops(student: dict, teacher: dict, rows: int, prompt_len: int, new: i
     return 3 * fwd + heads
 
 
+def gpu_used_gib() -> float:
+    """Used memory of the busiest GPU now, from nvidia-smi (every process's, which a system of
+    several processes needs)."""
+    query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+    out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
+    return max(float(x) / 1024 for x in out.split())
+
+
 class GpuMemory:
-    """Peak used memory of the busiest GPU over an interval, polled from nvidia-smi (covers
-    every process, which a system of several processes needs)."""
+    """Peak of gpu_used_gib() over an interval, polled twice a second."""
 
     def __init__(self) -> None:
         self.peak, self._stop = 0.0, threading.Event()
@@ -216,18 +223,8 @@ class GpuMemory:
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
             try:
-                out = subprocess.run(
-                    [
-                        "nvidia-smi",
-                        "--query-gpu=memory.used",
-                        "--format=csv,noheader,nounits",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=10,
-                ).stdout
-                self.peak = max(self.peak, *(float(x) / 1024 for x in out.split()))
-            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                self.peak = max(self.peak, gpu_used_gib())
+            except (OSError, ValueError, subprocess.TimeoutExpired):
                 return
 
     def __enter__(self) -> GpuMemory:
