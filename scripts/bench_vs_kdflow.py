@@ -66,7 +66,8 @@ CLI_DEVIATIONS = [
     "when each engine starts: on-policy the teacher's is of what the rollout engine left)",
     "--preprocess_num_workers 1, --use_wandb False, --logging_steps 1 (stage times per step)",
     "SGLang 0.5.14 + transformers 5.8.1 (not KDFlow's 0.5.9), ray 2.60, datasets 4.8.5, "
-    "torchdata 0.11, sglang-router 0.3.2; an empty soundfile module for SGLang's HTTP server",
+    "torchdata 0.11, sglang-router 0.3.2; a soundfile stand-in (available_formats() only: "
+    "SGLang's HTTP server and mistral_common import it for audio)",
 ]
 NOTES = [
     "packing: KDFlow off (its packing needs flash-attn, absent); ondistill runs packing off "

@@ -14,8 +14,9 @@
 # ring-flash-attn (packing / ring attention), liger-kernel, wandb; torch_memory_saver (sleep/wake).
 # On the GPU machine, after SGLang is installed in /tmp/sgl and ondistill's wheels in /tmp/site:
 #   bash .gpuk/install.sh
-# which installs the wheels with pip --no-index --no-deps --target /tmp/kdflow_site, adds an empty
-# `soundfile` module there (SGLang's HTTP server imports it for audio endpoints only), unpacks
+# which installs the wheels with pip --no-index --no-deps --target /tmp/kdflow_site, adds a
+# `soundfile` stand-in there (SGLang's HTTP server and mistral_common import it for audio only; the
+# latter calls available_formats() at import, so the stand-in has that and nothing else), unpacks
 # KDFlow to /tmp/kdflow and prints what KDFlow's path cannot import. KDFlow's processes then run
 # with PYTHONPATH=/tmp/sgl:/tmp/kdflow_site:<patched copy>:/tmp/site (SGLang's transformers 5.8.1
 # first: KDFlow's student imports SGLang too, for its weight sync); bench_vs_kdflow.py sets it.
@@ -40,7 +41,8 @@ set -e
 here=$(cd "$(dirname "$0")" && pwd)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/kdflow_site "$here"/*.whl
-mkdir -p /tmp/kdflow_site/soundfile && : > /tmp/kdflow_site/soundfile/__init__.py
+mkdir -p /tmp/kdflow_site/soundfile
+printf 'def available_formats():\n    return {}\n' > /tmp/kdflow_site/soundfile/__init__.py
 rm -rf /tmp/kdflow && mkdir -p /tmp/kdflow
 python3 -c "import tarfile; tarfile.open('$here/kdflow.tar.xz').extractall('/tmp/kdflow', filter='fully_trusted')"
 PYTHONPATH=/tmp/sgl:/tmp/kdflow_site:/tmp/kdflow:/tmp/site python3 - <<'PY'

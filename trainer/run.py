@@ -213,6 +213,9 @@ class Session:
             self.evaluator = start_evaluators(
                 cfg, teachers, self.teacher, prompts, self.rollout, self.student
             )
+        # Asleep until the first on-policy step or evaluation wakes it: awake, a vLLM engine
+        # keeps its share of the card (weights and KV cache) through every off-policy step.
+        self.rollout.sleep()
         kind = OverlapController if cfg.trainer.overlap else Controller
         self.controller = kind(
             cfg.trainer,
@@ -292,6 +295,7 @@ class Session:
         """Held-out metrics, logged; every answer appended to samples.jsonl under `phase`."""
         assert self.evaluator is not None  # called only when data.eval_size > 0
         metrics = self.evaluator.run()
+        self.rollout.sleep()  # as after a step's rollout: room for the teacher and student
         logger.log(step, metrics)
         with (self.out_dir / SAMPLES).open("w" if phase == "before" else "a") as f:
             f.writelines(
