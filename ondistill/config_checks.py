@@ -43,6 +43,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "teacher.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.sync_every": (lambda v: v >= 1, ">= 1"),
+    "rollout.sleep_level": (lambda v: v in (1, 2), "1 or 2"),
     "student.world_size": (lambda v: v >= 1, ">= 1"),
     "student.lr": (lambda v: v > 0, "> 0"),
     "student.micro_batch_size": (lambda v: v >= 1, ">= 1"),
@@ -114,6 +115,12 @@ def validate(cfg: Config) -> Config:
             f"prompt of data.max_prompt_tokens={cfg.data.max_prompt_tokens} plus "
             f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}; set "
             f"rollout.max_model_len>={need}."
+        )
+    if cfg.rollout.sleep_level == 2 and cfg.rollout.sync_every > 1:
+        raise ConfigError(
+            "rollout.sleep_level=2 drops the engine's weights after each rollout, but "
+            f"rollout.sync_every={cfg.rollout.sync_every} has it sample again from the weights "
+            "it had; set rollout.sync_every=1 or rollout.sleep_level=1."
         )
     objectives = {s.objective for s in schedule(cfg)}  # the stages may differ
     validate_teachers(cfg, objectives)

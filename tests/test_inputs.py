@@ -37,6 +37,7 @@ from ondistill.model_files import resolve
         ("student.threads", 0, "student.threads=0 is out of range"),
         ("student.micro_batch_tokens", -1, "student.micro_batch_tokens=-1 is out of range"),
         ("teacher.tp_size", 0, "teacher.tp_size=0 is out of range; it must be >= 1"),
+        ("rollout.sleep_level", 3, "rollout.sleep_level=3 is out of range; it must be 1 or 2"),
         (
             "rollout.max_model_len",
             100,
@@ -52,6 +53,16 @@ def test_bad_config_values(key, value, needle):
     setattr(getattr(cfg, section), field, value)
     with pytest.raises(ConfigError, match=re.escape(needle)):
         validate(cfg)
+
+
+def test_dropped_weights_need_a_push_before_every_rollout():
+    cfg = Config()
+    cfg.rollout.sleep_level, cfg.rollout.sync_every = 2, 2
+    needle = "rollout.sync_every=2 has it sample again from the weights it had; set"
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        validate(cfg)
+    cfg.rollout.sync_every = 1
+    validate(cfg)
 
 
 @pytest.mark.parametrize("backend", ["hf", "sglang"])

@@ -1,5 +1,8 @@
 """The real vLLM (CPU) rollout engine behind the rollout interface."""
 
+import math
+
+import pytest
 import torch
 
 from ondistill import batch as B
@@ -37,6 +40,33 @@ def test_vllm_sampling_grouped_seeded_and_logprobs_match_forward(tiny_dirs):
     lp = lp.gather(-1, a[B.RESPONSE_IDS][..., None]).squeeze(-1)
     m = a[B.RESPONSE_MASK]
     torch.testing.assert_close(a[B.ROLLOUT_LOGPROBS][m], lp[m], rtol=1e-5, atol=1e-4)
+
+
+def test_no_rollout_between_dropping_weights_and_the_next_push(tiny_dirs):
+    """sleep(drop_weights=True) (rollout.sleep_level=2 frees the weights on GPU) holds on every
+    device: a generate before the next weight push is refused, one after it samples from the
+    pushed weights. The controller's steps in every other CPU test go through this check."""
+    from transformers import AutoModelForCausalLM
+
+    _, student_dir = tiny_dirs
+    engine = VLLMRollout(
+        str(student_dir), RolloutConfig(n_samples=1, max_new_tokens=6, threads=1, sleep_level=2)
+    )
+    prompts = collate_prompts([Example([1, 10, 11, 12], None)], 2)
+    before = engine.generate(prompts, seed=1)
+    engine.sleep()  # weights kept: generating again is fine
+    assert torch.equal(engine.generate(prompts, seed=1)[B.RESPONSE_IDS], before[B.RESPONSE_IDS])
+    engine.sleep(drop_weights=True)
+    with pytest.raises(RuntimeError, match="no weights were pushed since"):
+        engine.generate(prompts, seed=1)
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    engine.update_weights((k, v * 0) for k, v in model.state_dict().items())
+    engine.flush()
+    after = engine.generate(prompts, seed=1)  # all-zero weights: every log-prob is -log V
+    vocab = model.config.vocab_size
+    m = after[B.RESPONSE_MASK]
+    expected = torch.full_like(after[B.ROLLOUT_LOGPROBS][m], -math.log(vocab))
+    torch.testing.assert_close(after[B.ROLLOUT_LOGPROBS][m], expected, rtol=0, atol=1e-4)
 
 
 def test_compiled_decode_samples_what_eager_does(ray_local, tiny_dirs):

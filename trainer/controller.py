@@ -50,7 +50,7 @@ class DatasetRollout:
         td.set(B.ROLLOUT_LOGPROBS, torch.zeros(td[B.RESPONSE_IDS].shape))
         return B.check(td, B.ROLLOUT, "dataset rollout")
 
-    def sleep(self) -> None:
+    def sleep(self, drop_weights: bool = False) -> None:
         pass  # holds nothing
 
 
@@ -59,7 +59,7 @@ class Generator(Protocol):
         self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
     ) -> TensorDict: ...
 
-    def sleep(self) -> None: ...
+    def sleep(self, drop_weights: bool = False) -> None: ...
 
 
 @dataclass
@@ -127,7 +127,9 @@ class Controller:
         with timed(timings, "generate"):
             engine = self.generator(on_policy)
             batch = engine.generate(prompts, seed=seed)
-            engine.sleep()  # on a shared GPU: room for the teacher and student
+            # On a shared GPU: room for the teacher and student. With sync_every 1 the next
+            # rollout follows this step's weight push, so the engine may drop these weights.
+            engine.sleep(drop_weights=self.sync_every == 1)
         return self.score_and_train(batch, timings, on_policy, lag)
 
     def score_and_train(

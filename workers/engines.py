@@ -35,8 +35,11 @@ class RolloutEngine(Protocol):
         """Called after the last bucket of a weight push: drop caches built on old weights."""
         ...
 
-    def sleep(self) -> None:
-        """Free accelerator memory until the next generate (no-op where there is none)."""
+    def sleep(self, drop_weights: bool = False) -> None:
+        """Free accelerator memory until the next generate (no-op where there is none).
+        drop_weights: the caller pushes new weights before the next generate, so the engine
+        need not keep these (vLLM with rollout.sleep_level=2 discards them instead of copying
+        them to host memory); a generate before that push is an error."""
         ...
 
 

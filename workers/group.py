@@ -133,9 +133,10 @@ class RolloutGroup:
 
         return gather
 
-    def sleep(self) -> None:
-        """Let the engines free their accelerator memory until next used (no-op on CPU)."""
-        ray.get([a.sleep.remote() for a in self.actors])
+    def sleep(self, drop_weights: bool = False) -> None:
+        """Let the engines free their accelerator memory until next used (no-op on CPU);
+        drop_weights: see RolloutEngine.sleep."""
+        ray.get([a.sleep.remote(drop_weights) for a in self.actors])
 
     @property
     def handles(self) -> list:

@@ -103,8 +103,8 @@ class HFRollout:
     def flush(self) -> None:
         pass  # HF generate keeps no cache across calls
 
-    def sleep(self) -> None:
-        pass  # holds no memory beyond its weights
+    def sleep(self, drop_weights: bool = False) -> None:
+        pass  # holds no memory beyond its weights, which it keeps
 
 
 if TYPE_CHECKING:

@@ -54,7 +54,8 @@ class VLLMRollout:
         self.pad_id = self.llm.get_tokenizer().pad_token_id or 0
         self.pending: list[tuple[str, torch.Tensor]] = []
         self.calls = 0
-        self.asleep = False
+        self.asleep: set[str] = set()  # vLLM's memory tags not yet woken
+        self.needs_weights = False  # slept with drop_weights: no generate before a push
 
     def generate(
         self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
@@ -62,6 +63,12 @@ class VLLMRollout:
         from vllm import SamplingParams, TokensPrompt
 
         B.check(prompts, B.PROMPTS, "rollout.generate")
+        if self.needs_weights:  # on every device, so the CPU tests hold the controller to it
+            raise RuntimeError(
+                "rollout.generate: the engine was put to sleep with drop_weights=True and no "
+                "weights were pushed since; with rollout.sleep_level=2 on GPU it would sample "
+                "from freed memory. The caller must push weights first (Controller.sync)."
+            )
         self.wake()
         n = 1 if greedy else self.cfg.n_samples
         if seed is None:
@@ -115,27 +122,34 @@ class VLLMRollout:
         self.pending.extend((name, unpack(t)) for name, t in named_tensors)
 
     def flush(self) -> None:
-        self.wake()
         if self.pending:
             weights, self.pending = self.pending, []
+            # The weights' memory first, the KV cache's after the reload: the cache does not
+            # take its share of the card while the buckets are still held.
+            self.wake(("weights",))
             self.llm.collective_rpc(
                 "reload_weights",
                 kwargs={"weights_iterator": iter(weights), "is_checkpoint_format": True},
             )
             del weights  # drop IPC views of the sender's memory before it frees them
+            self.needs_weights = False
+        self.wake()
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
 
-    def sleep(self) -> None:
-        """Free GPU memory (weights to host, KV cache dropped) while the teacher and student
-        use a shared card; generate() and flush() wake the engine again."""
+    def sleep(self, drop_weights: bool = False) -> None:
+        """Free GPU memory (KV cache dropped; weights to host, or dropped where drop_weights
+        and rollout.sleep_level=2) while the teacher and student use a shared card;
+        generate() and flush() wake the engine again."""
+        self.needs_weights = self.needs_weights or drop_weights
         if self.on_gpu and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
+            self.llm.sleep(level=2 if drop_weights and self.cfg.sleep_level == 2 else 1)
+            self.asleep = {"weights", "kv_cache"}
 
-    def wake(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+    def wake(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
+        todo = [t for t in tags if t in self.asleep]
+        if todo:
+            self.llm.wake_up(tags=todo)
+            self.asleep -= set(todo)
 
 
 if TYPE_CHECKING:
