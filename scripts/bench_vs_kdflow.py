@@ -282,7 +282,7 @@ def run_ours(a, mode: str, packing: bool, pair: tuple[Path, Path], rows: Path, o
         extra += ["student.packing=true"]
         extra += ["teacher.packing=true"] if a.ondistill_teacher == "hf" else []
     ns = SimpleNamespace(**vars(a))  # bench_gpu's arguments, most of them named alike
-    vars(ns).update(gpus=1, placement="colocated", teacher_gpus=1, samples=1, overlap=False)
+    vars(ns).update(gpus=1, placement="colocated", teacher_gpus=1, samples=1)
     vars(ns).update(lengths="fixed", student_micro=a.micro, teacher_backend=a.ondistill_teacher)
     ns.extra = extra + a.extra
     res = bench_gpu.run_ondistill(ns, teacher, student, rows, out)
@@ -355,6 +355,12 @@ def main() -> None:
     p.add_argument("--systems", default="kdflow,ondistill")
     p.add_argument("--ondistill-packing", default="off,on", help="ondistill runs: off, on or both")
     p.add_argument("--ondistill-teacher", choices=("hf", "sglang"), default="hf")
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="ondistill on-policy with trainer.overlap=true (each batch sampled by the weights "
+        "one update back; KDFlow has no such mode)",
+    )
     p.add_argument("--vllm-memory", type=float, default=0.25, help="ondistill's vLLM share")
     p.add_argument("--sglang-memory", type=float, default=0.3, help="ondistill's SGLang share")
     # SGLang 0.5.14: a share of the memory free when the engine starts (weights + KV cache)
