@@ -1,0 +1,97 @@
+"""What the vLLM rollout engine's sleep costs between rollouts, by rollout.sleep_level, and
+whether a level-2 sleep (weights dropped) followed by a weight push samples what the engine
+sampled before: ondistill's own VLLMRollout, one GPU.
+
+Per level: sleep(drop_weights=True) (level 1 copies the weights to host memory, level 2 drops
+them), the weight push (update_weights + flush: the weights' memory woken, reload_weights, then
+the KV cache's), then a rollout with the first rollout's seed. The pushed weights are the
+model's own, on the card (as a colocated student rank sends them), so the tokens must match
+the first rollout's. Writes JSON after every measurement (a cut-off run keeps what it has):
+
+    export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0
+    python scripts/bench_sleep.py --out $OUT/sleep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from gpu_models import build_model
+
+from ondistill import batch as B
+from ondistill.config import RolloutConfig
+from ondistill.data import Example, collate_prompts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--shape", default="1.7b")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=512)
+    p.add_argument("--compile", action="store_true", help="CUDA graphs (slower start)")
+    p.add_argument("--workdir", default="/tmp/ondistill_sleep")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    from safetensors.torch import load_file
+
+    from workers.rollout.vllm import VLLMRollout
+
+    model = build_model(a.shape, Path(a.workdir) / f"qwen3-{a.shape}")
+    cfg = RolloutConfig(
+        n_samples=1,
+        max_new_tokens=a.new_tokens,
+        ignore_eos=True,
+        max_model_len=a.prompt_len + a.new_tokens,
+        gpu_memory_utilization=0.3,
+        compile=a.compile,
+    )
+    on_gpu = torch.cuda.is_available()
+    res: dict = {"args": vars(a), "device": torch.cuda.get_device_name(0) if on_gpu else "cpu"}
+
+    def save(**kw) -> None:
+        res.update(kw)
+        Path(a.out).write_text(json.dumps(res, indent=2))
+        print(json.dumps(kw), flush=True)
+
+    def timed(fn) -> float:
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    engine = VLLMRollout(str(model), cfg)
+    save(engine_start_s=time.perf_counter() - start)
+    g = torch.Generator().manual_seed(0)
+    vocab = min(100_000, engine.llm.get_tokenizer().vocab_size)
+    ids = torch.randint(10, vocab, (a.prompts, a.prompt_len), generator=g)
+    prompts = collate_prompts([Example(row.tolist(), None) for row in ids], 0)
+    engine.generate(prompts, seed=1)  # warm-up
+    out: dict = {}
+    gen_s = timed(lambda: out.update(first=engine.generate(prompts, seed=1)))
+    save(generate_awake_s=gen_s)
+    device = "cuda" if on_gpu else "cpu"
+    weights = [(k, v.to(device)) for k, v in load_file(str(model / "model.safetensors")).items()]
+    for level in (1, 2):
+        engine.cfg.sleep_level = level
+        sleep_s = timed(lambda: engine.sleep(drop_weights=True))
+        push_s = timed(lambda: (engine.update_weights(weights), engine.flush()))
+        gen_s = timed(lambda level=level: out.update({level: engine.generate(prompts, seed=1)}))
+        # against the first rollout (prefix-cached prompts then) and level 2 against level 1
+        # (both after a flush): the same weights and seed, so the same tokens
+        ref = out[1] if level == 2 else out["first"]
+        same = (ref[B.RESPONSE_IDS] == out[level][B.RESPONSE_IDS]).float().mean().item()
+        lp = (ref[B.ROLLOUT_LOGPROBS] - out[level][B.ROLLOUT_LOGPROBS]).abs().max().item()
+        stats = {"sleep_s": sleep_s, "push_s": push_s, "generate_s": gen_s}
+        save(**{f"level{level}": stats | {"same_token_share": same, "max_logprob_diff": lp}})
+
+
+if __name__ == "__main__":
+    main()
