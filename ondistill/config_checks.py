@@ -116,12 +116,6 @@ def validate(cfg: Config) -> Config:
             f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}; set "
             f"rollout.max_model_len>={need}."
         )
-    if cfg.rollout.sleep_level == 2 and cfg.rollout.sync_every > 1:
-        raise ConfigError(
-            "rollout.sleep_level=2 drops the engine's weights after each rollout, but "
-            f"rollout.sync_every={cfg.rollout.sync_every} has it sample again from the weights "
-            "it had; set rollout.sync_every=1 or rollout.sleep_level=1."
-        )
     objectives = {s.objective for s in schedule(cfg)}  # the stages may differ
     validate_teachers(cfg, objectives)
     if "sft" in objectives and not cfg.loss.ce_coef:

@@ -55,16 +55,6 @@ def test_bad_config_values(key, value, needle):
         validate(cfg)
 
 
-def test_dropped_weights_need_a_push_before_every_rollout():
-    cfg = Config()
-    cfg.rollout.sleep_level, cfg.rollout.sync_every = 2, 2
-    needle = "rollout.sync_every=2 has it sample again from the weights it had; set"
-    with pytest.raises(ConfigError, match=re.escape(needle)):
-        validate(cfg)
-    cfg.rollout.sync_every = 1
-    validate(cfg)
-
-
 @pytest.mark.parametrize("backend", ["hf", "sglang"])
 def test_tensor_parallel_teacher_needs_no_placement_group(backend):
     cfg = Config()

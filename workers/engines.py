@@ -38,8 +38,8 @@ class RolloutEngine(Protocol):
     def sleep(self, drop_weights: bool = False) -> None:
         """Free accelerator memory until the next generate (no-op where there is none).
         drop_weights: the caller pushes new weights before the next generate, so the engine
-        need not keep these (vLLM with rollout.sleep_level=2 discards them instead of copying
-        them to host memory); a generate before that push is an error."""
+        need not keep these (vLLM with rollout.sleep_level=2, the default, discards them
+        instead of copying them to host memory); a generate before that push is an error."""
         ...
 
 
