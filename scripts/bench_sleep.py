@@ -59,7 +59,7 @@ def main() -> None:
         print(json.dumps(kw), flush=True)
 
     def timed(fn) -> float:
-        sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+        sync = torch.cuda.synchronize if on_gpu else lambda: None
         sync()
         start = time.perf_counter()
         fn()

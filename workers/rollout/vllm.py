@@ -20,6 +20,8 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import RolloutConfig, sampling_seed
 
+MEMORY = ("weights", "kv_cache")  # vLLM's sleep tags: what a sleep frees, a wake restores
+
 
 class VLLMRollout:
     def __init__(self, model_dir: str, cfg: RolloutConfig):
@@ -143,9 +145,9 @@ class VLLMRollout:
         self.needs_weights = self.needs_weights or drop_weights
         if self.on_gpu and not self.asleep:
             self.llm.sleep(level=2 if drop_weights and self.cfg.sleep_level == 2 else 1)
-            self.asleep = {"weights", "kv_cache"}
+            self.asleep = set(MEMORY)
 
-    def wake(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
+    def wake(self, tags: tuple[str, ...] = MEMORY) -> None:
         todo = [t for t in tags if t in self.asleep]
         if todo:
             self.llm.wake_up(tags=todo)

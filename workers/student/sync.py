@@ -51,11 +51,11 @@ def full_params(
     """The parameters (or their EMA) as full tensors under HF names, on rank 0 ({} on the
     others), in host memory or (on_gpu) on its card; all ranks must call it (each tensor is
     all-gathered)."""
-    if ema and worker.ema is None:
-        raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
-    source = (
-        worker.ema if ema and worker.ema is not None else dict(worker.model.lm.named_parameters())
-    )
+    source = dict(worker.model.lm.named_parameters())
+    if ema:
+        if worker.ema is None:
+            raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
+        source = worker.ema
     out = {}
     for name, t in source.items():
         full = t.full_tensor() if hasattr(t, "full_tensor") else t
