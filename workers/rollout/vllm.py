@@ -83,13 +83,16 @@ class VLLMRollout:
         # their place in the step (PROMPT_INDEX), so a replica given part of the step samples
         # what one engine given all of it would.
         places = prompts[B.PROMPT_INDEX].tolist()
+        per_prompt = self.cfg.seed_per_prompt
+        if not per_prompt:  # the engine runs in this process: its sampler draws from these
+            torch.manual_seed(seed)
         params = [
             SamplingParams(
                 n=n,
                 temperature=0.0 if greedy else self.cfg.temperature,
                 top_p=self.cfg.top_p,
                 max_tokens=self.cfg.max_new_tokens,
-                seed=seed + places[i] * n,
+                seed=seed + places[i] * n if per_prompt else None,
                 logprobs=0,
                 stop_token_ids=list(self.cfg.stop_token_ids),
                 ignore_eos=self.cfg.ignore_eos,
