@@ -85,7 +85,7 @@ class VLLMRollout:
         places = prompts[B.PROMPT_INDEX].tolist()
         per_prompt = self.cfg.seed_per_prompt
         if not per_prompt:  # the engine runs in this process: its sampler draws from these
-            torch.manual_seed(seed)
+            torch.manual_seed(seed + places[0] * n)  # replicas start at different places
         params = [
             SamplingParams(
                 n=n,
