@@ -1,0 +1,132 @@
+"""What the vLLM rollout engine's settings cost on one GPU, side by side on one engine: where a
+small student's generate time goes (on an H200 its 64 x 512-token rollout took 3.5 s against
+SGLang's 2.3 s in KDFlow; docs/benchmarks.md).
+
+Variants, alternating --reps times after a warm-up of each, so the card's noise falls on all:
+    per_prompt  ondistill's VLLMRollout.generate as a training step calls it (a seed per prompt)
+    per_call    the same with rollout.seed_per_prompt=false (one seed, every row's noise at once)
+    detok       vLLM's own generate with the same sampling, its detokenizer on (VLLMRollout
+                had it on until 2026-12-01; it returns token ids only now)
+    no_logprobs vLLM's own generate, detokenizer off and no log-probs (what the host spends on
+                the rollout log-probs the consistency metrics and MiniLLM's ratio need)
+--profile adds the top host functions of one per_prompt rollout (cProfile, cumulative).
+Writes JSON after every row count:
+
+    export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0
+    python scripts/bench_vllm_settings.py --profile --out $OUT/vllm_settings.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from gpu_models import build_model
+from tensordict import TensorDict
+
+from ondistill import batch as B
+from ondistill.config import RolloutConfig
+from ondistill.data import Example, collate_prompts
+from workers.rollout.vllm import VLLMRollout
+
+Run = Callable[[int], object]  # one rollout of a variant, given its seed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--shape", default="1.7b")
+    p.add_argument("--prompts", default="64,256", help="rows per rollout, comma-separated")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=512)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--workdir", default="/tmp/ondistill_vllm_settings")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    model = build_model(a.shape, Path(a.workdir) / f"qwen3-{a.shape}")
+    cfg = RolloutConfig(
+        n_samples=1,
+        max_new_tokens=a.new_tokens,
+        ignore_eos=True,
+        max_model_len=a.prompt_len + a.new_tokens,
+        gpu_memory_utilization=0.4,
+    )
+    on_gpu = torch.cuda.is_available()
+    res: dict = {"args": vars(a), "device": torch.cuda.get_device_name(0) if on_gpu else "cpu"}
+
+    def save(**kw) -> None:
+        res.update(kw)
+        Path(a.out).write_text(json.dumps(res, indent=2))
+        print(json.dumps(kw), flush=True)
+
+    start = time.perf_counter()
+    engine = VLLMRollout(str(model), cfg)
+    save(engine_start_s=time.perf_counter() - start)
+    vocab = min(100_000, engine.llm.get_tokenizer().vocab_size)
+    for rows in (int(x) for x in a.prompts.split(",")):
+        g = torch.Generator().manual_seed(rows)
+        ids = torch.randint(10, vocab, (rows, a.prompt_len), generator=g)
+        prompts = collate_prompts([Example(r.tolist(), None) for r in ids], 0)
+        variants = variants_of(engine, prompts, a.new_tokens)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for rep in range(a.reps + 1):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                fn(rep)  # results come back to the host: nothing left queued on the card
+                if rep:  # rep 0 warms every variant up
+                    times[name].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out: dict = {"times_s": times, "median_s": med}
+        out["tokens_per_s"] = {k: rows * a.new_tokens / v for k, v in med.items()}
+        if a.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            variants["per_prompt"](0)
+            prof.disable()
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+            out["profile"] = text.getvalue().splitlines()
+        save(**{f"rows_{rows}": out})
+
+
+def variants_of(engine: VLLMRollout, prompts: TensorDict, new_tokens: int) -> dict[str, Run]:
+    """The four ways to sample `prompts` (module docstring), each a function of the seed."""
+    from vllm import SamplingParams, TokensPrompt
+
+    rows = [
+        TokensPrompt(prompt_token_ids=r[m].tolist())
+        for r, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK], strict=True)
+    ]
+
+    def raw(seed: int, **kw: object) -> object:
+        params = [
+            SamplingParams(max_tokens=new_tokens, ignore_eos=True, seed=seed + i, **kw)
+            for i in range(len(rows))
+        ]
+        return engine.llm.generate(rows, params, use_tqdm=False)
+
+    def ours(per_prompt: bool) -> Run:
+        def run(seed: int) -> object:
+            engine.cfg.seed_per_prompt = per_prompt
+            return engine.generate(prompts, seed=seed)
+
+        return run
+
+    return {
+        "per_prompt": ours(True),
+        "per_call": ours(False),
+        "detok": lambda s: raw(s, logprobs=0, detokenize=True),
+        "no_logprobs": lambda s: raw(s, detokenize=False),
+    }
+
+
+if __name__ == "__main__":
+    main()
