@@ -15,16 +15,12 @@ the first rollout's. Writes JSON after every measurement (a cut-off run keeps wh
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
-from gpu_models import build_model
+from vllm_bench import Results, random_prompts, start_engine
 
 from ondistill import batch as B
-from ondistill.config import RolloutConfig
-from ondistill.data import Example, collate_prompts
 
 
 def main() -> None:
@@ -39,24 +35,12 @@ def main() -> None:
     a = p.parse_args()
     from safetensors.torch import load_file
 
-    from workers.rollout.vllm import VLLMRollout
-
-    model = build_model(a.shape, Path(a.workdir) / f"qwen3-{a.shape}")
-    cfg = RolloutConfig(
-        n_samples=1,
-        max_new_tokens=a.new_tokens,
-        ignore_eos=True,
-        max_model_len=a.prompt_len + a.new_tokens,
-        gpu_memory_utilization=0.3,
-        compile=a.compile,
+    results = Results(a, a.out)
+    save = results.save
+    engine, model = start_engine(
+        a.shape, a.workdir, a.prompt_len + a.new_tokens, a.new_tokens, 0.3, results, a.compile
     )
     on_gpu = torch.cuda.is_available()
-    res: dict = {"args": vars(a), "device": torch.cuda.get_device_name(0) if on_gpu else "cpu"}
-
-    def save(**kw) -> None:
-        res.update(kw)
-        Path(a.out).write_text(json.dumps(res, indent=2))
-        print(json.dumps(kw), flush=True)
 
     def timed(fn) -> float:
         sync = torch.cuda.synchronize if on_gpu else lambda: None
@@ -66,13 +50,7 @@ def main() -> None:
         sync()
         return time.perf_counter() - start
 
-    start = time.perf_counter()
-    engine = VLLMRollout(str(model), cfg)
-    save(engine_start_s=time.perf_counter() - start)
-    g = torch.Generator().manual_seed(0)
-    vocab = min(100_000, engine.llm.get_tokenizer().vocab_size)
-    ids = torch.randint(10, vocab, (a.prompts, a.prompt_len), generator=g)
-    prompts = collate_prompts([Example(row.tolist(), None) for row in ids], 0)
+    prompts = random_prompts(engine, a.prompts, a.prompt_len, 0)
     engine.generate(prompts, seed=1)  # warm-up
     out: dict = {}
     gen_s = timed(lambda: out.update(first=engine.generate(prompts, seed=1)))

@@ -21,20 +21,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import pstats
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import torch
-from gpu_models import build_model
 from tensordict import TensorDict
+from vllm_bench import Results, random_prompts, start_engine
 
 from ondistill import batch as B
-from ondistill.config import RolloutConfig
-from ondistill.data import Example, collate_prompts
 from workers.rollout.vllm import VLLMRollout
 
 Run = Callable[[int], object]  # one rollout of a variant, given its seed
@@ -51,30 +46,11 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/ondistill_vllm_settings")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    model = build_model(a.shape, Path(a.workdir) / f"qwen3-{a.shape}")
-    cfg = RolloutConfig(
-        n_samples=1,
-        max_new_tokens=a.new_tokens,
-        ignore_eos=True,
-        max_model_len=a.prompt_len + a.new_tokens,
-        gpu_memory_utilization=0.4,
-    )
-    on_gpu = torch.cuda.is_available()
-    res: dict = {"args": vars(a), "device": torch.cuda.get_device_name(0) if on_gpu else "cpu"}
-
-    def save(**kw) -> None:
-        res.update(kw)
-        Path(a.out).write_text(json.dumps(res, indent=2))
-        print(json.dumps(kw), flush=True)
-
-    start = time.perf_counter()
-    engine = VLLMRollout(str(model), cfg)
-    save(engine_start_s=time.perf_counter() - start)
-    vocab = min(100_000, engine.llm.get_tokenizer().vocab_size)
+    results = Results(a, a.out)
+    max_len = a.prompt_len + a.new_tokens
+    engine, _ = start_engine(a.shape, a.workdir, max_len, a.new_tokens, 0.4, results)
     for rows in (int(x) for x in a.prompts.split(",")):
-        g = torch.Generator().manual_seed(rows)
-        ids = torch.randint(10, vocab, (rows, a.prompt_len), generator=g)
-        prompts = collate_prompts([Example(r.tolist(), None) for r in ids], 0)
+        prompts = random_prompts(engine, rows, a.prompt_len, rows)
         variants = variants_of(engine, prompts, a.new_tokens)
         times: dict[str, list[float]] = {k: [] for k in variants}
         for rep in range(a.reps + 1):
@@ -94,7 +70,7 @@ def main() -> None:
             text = io.StringIO()
             pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
             out["profile"] = text.getvalue().splitlines()
-        save(**{f"rows_{rows}": out})
+        results.save(**{f"rows_{rows}": out})
 
 
 def variants_of(engine: VLLMRollout, prompts: TensorDict, new_tokens: int) -> dict[str, Run]:

@@ -50,16 +50,11 @@ class DatasetRollout:
         td.set(B.ROLLOUT_LOGPROBS, torch.zeros(td[B.RESPONSE_IDS].shape))
         return B.check(td, B.ROLLOUT, "dataset rollout")
 
-    def sleep(self, drop_weights: bool = False) -> None:
-        pass  # holds nothing
-
 
 class Generator(Protocol):
     def generate(
         self, prompts: TensorDict, seed: int | None = None, greedy: bool = False
     ) -> TensorDict: ...
-
-    def sleep(self, drop_weights: bool = False) -> None: ...
 
 
 @dataclass
@@ -89,6 +84,17 @@ class Controller:
         if self.updates - self.synced >= lag:
             self.student.push_weights(self.rollout)
             self.synced = self.updates
+
+    def rest_rollout(self) -> None:
+        """Put the rollout engine to sleep until it is next used, leaving the shared card to
+        the teacher and student. With sync_every 1 every rollout follows a weight push, so the
+        engine may drop its weights (vLLM at rollout.sleep_level 2: no host copy); the next
+        sync() pushes them even where the update count alone would not (before the first
+        update, after an evaluation)."""
+        drop = self.sync_every == 1
+        self.rollout.sleep(drop_weights=drop)
+        if drop:
+            self.synced = min(self.synced, self.updates - 1)
 
     def state(self) -> dict:
         """Everything needed to continue exactly where this controller is (JSON-safe)."""
@@ -125,11 +131,9 @@ class Controller:
                 self.sync(self.sync_every)
         lag = self.updates - self.synced if on_policy else 0  # updates the sampler is behind
         with timed(timings, "generate"):
-            engine = self.generator(on_policy)
-            batch = engine.generate(prompts, seed=seed)
-            # On a shared GPU: room for the teacher and student. With sync_every 1 the next
-            # rollout follows this step's weight push, so the engine may drop these weights.
-            engine.sleep(drop_weights=self.sync_every == 1)
+            batch = self.generator(on_policy).generate(prompts, seed=seed)
+            if on_policy:
+                self.rest_rollout()
         return self.score_and_train(batch, timings, on_policy, lag)
 
     def score_and_train(

@@ -213,9 +213,6 @@ class Session:
             self.evaluator = start_evaluators(
                 cfg, teachers, self.teacher, prompts, self.rollout, self.student
             )
-        # Asleep until the first on-policy step or evaluation wakes it: awake, a vLLM engine
-        # keeps its share of the card (weights and KV cache) through every off-policy step.
-        self.rollout.sleep()
         kind = OverlapController if cfg.trainer.overlap else Controller
         self.controller = kind(
             cfg.trainer,
@@ -230,6 +227,9 @@ class Session:
             follow_ema=cfg.teacher.self_distill == "ema",
             follow_every=cfg.teacher.self_every,
         )
+        # Asleep until the first on-policy step or evaluation wakes it: awake, a vLLM engine
+        # keeps its share of the card (weights and KV cache) through every off-policy step.
+        self.controller.rest_rollout()
         self.startup_s = time.perf_counter() - start
 
     def train(self, resume: str) -> dict[str, dict[str, float]]:
@@ -256,6 +256,7 @@ class Session:
             + (f"; resumed from {ckpt.name}" if ckpt else "")
         )
         if self.evaluator and "before" not in results:
+            self.controller.sync()  # the engine slept without its weights (rest_rollout)
             results["before"] = self._evaluate(logger, 0, "before")
         start = time.perf_counter()
         floor = 0.5 * self.evaluator.expected_alignment if self.evaluator else 0.0
@@ -295,7 +296,7 @@ class Session:
         """Held-out metrics, logged; every answer appended to samples.jsonl under `phase`."""
         assert self.evaluator is not None  # called only when data.eval_size > 0
         metrics = self.evaluator.run()
-        self.rollout.sleep()  # as after a step's rollout: room for the teacher and student
+        self.controller.rest_rollout()  # as after a step's rollout
         logger.log(step, metrics)
         with (self.out_dir / SAMPLES).open("w" if phase == "before" else "a") as f:
             f.writelines(
