@@ -67,6 +67,20 @@ def _answers(distinct_2: float, repeats: float) -> dict[str, float]:
     }
 
 
+@pytest.mark.parametrize("greedy_repeats,warned", [(0.32, True), (0.21, False)])
+def test_collapse_rule_flags_a_looping_tail(greedy_repeats, warned):
+    """The default job's student at 70 steps (greedy answers on topic, half of them ending in
+    a loop: 32% of 3-grams repeat, the teacher's 9%) is called out; at 140 steps (21%) not."""
+    after = _answers(0.70, 0.002) | {"eval/greedy_repeated_3gram_rate": greedy_repeats}
+    teacher = _answers(0.87, 0.009) | {"eval/greedy_repeated_3gram_rate": 0.09}
+    reasons = CollapseRule().check(after, teacher)
+    assert reasons == (
+        [f"{greedy_repeats:.0%} of the 3-grams of its greedy answers repeat (the teacher's: 9%)"]
+        if warned
+        else []
+    )
+
+
 @pytest.mark.parametrize("chrf_after,warned", [(11.1, True), (25.2, False)])
 def test_summary_warns_when_answers_move_away_from_the_teacher(tmp_path, chrf_after, warned):
     """Lower KLs with answers further from the teacher's (the old minillm run): a warning,
