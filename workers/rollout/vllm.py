@@ -96,7 +96,8 @@ class VLLMRollout:
                 logprobs=0,
                 # ids only (text is decoded where it is shown): vLLM's output processing took
                 # 3.7 ms a step with its incremental detokenizer, 0.9 without (64 rows, CPU
-                # profile), and on GPU that host work is what bounds a small model's decode
+                # profile); host work between decode steps is the suspect in the rollout's gap
+                # to SGLang on an H200 (docs/benchmarks.md)
                 detokenize=False,
                 stop_token_ids=list(self.cfg.stop_token_ids),
                 ignore_eos=self.cfg.ignore_eos,
