@@ -77,13 +77,14 @@ class Controller:
         self.rng = random.Random(self.cfg.seed)  # GKD's per-batch on/off-policy coin
         self.updates = 0
         self.synced = 0  # the update the rollout engine's weights come from
+        self.dropped = False  # the engine slept without its weights: the next sync pushes
 
     def sync(self, lag: int = 1) -> None:
         """Push the student's weights to the rollout engine if they are `lag` or more updates
         ahead. Lazy, so off-policy steps (SeqKD, GKD's dataset batches) never pay for it."""
-        if self.updates - self.synced >= lag:
+        if self.dropped or self.updates - self.synced >= lag:
             self.student.push_weights(self.rollout)
-            self.synced = self.updates
+            self.synced, self.dropped = self.updates, False
 
     def rest_rollout(self) -> None:
         """Put the rollout engine to sleep until it is next used, leaving the shared card to
@@ -91,10 +92,8 @@ class Controller:
         engine may drop its weights (vLLM at rollout.sleep_level 2: no host copy); the next
         sync() pushes them even where the update count alone would not (before the first
         update, after an evaluation)."""
-        drop = self.sync_every == 1
-        self.rollout.sleep(drop_weights=drop)
-        if drop:
-            self.synced = min(self.synced, self.updates - 1)
+        self.dropped = self.dropped or self.sync_every == 1
+        self.rollout.sleep(drop_weights=self.dropped)
 
     def state(self) -> dict:
         """Everything needed to continue exactly where this controller is (JSON-safe)."""
@@ -106,7 +105,8 @@ class Controller:
 
     def load_state(self, state: dict) -> None:
         self.updates = state["updates"]
-        self.synced = self.updates  # the restoring session pushed the checkpoint's weights
+        # the restoring session pushed the checkpoint's weights
+        self.synced, self.dropped = self.updates, False
         self.rng.setstate(_tupled(state["rng"]))
         self.prompts.load_state(state["data"])
 

@@ -51,10 +51,11 @@ def full_params(
     """The parameters (or their EMA) as full tensors under HF names, on rank 0 ({} on the
     others), in host memory or (on_gpu) on its card; all ranks must call it (each tensor is
     all-gathered)."""
-    source = dict(worker.model.lm.named_parameters())
-    if ema:
-        if worker.ema is None:
-            raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
+    if not ema:
+        source = dict(worker.model.lm.named_parameters())
+    elif worker.ema is None:
+        raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
+    else:
         source = worker.ema
     out = {}
     for name, t in source.items():
