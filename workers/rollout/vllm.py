@@ -94,10 +94,9 @@ class VLLMRollout:
                 max_tokens=self.cfg.max_new_tokens,
                 seed=seed + places[i] * n if per_prompt else None,
                 logprobs=0,
-                # ids only (text is decoded where it is shown): vLLM's output processing took
-                # 3.7 ms a step with its incremental detokenizer, 0.9 without (64 rows, CPU
-                # profile); host work between decode steps is the suspect in the rollout's gap
-                # to SGLang on an H200 (docs/benchmarks.md)
+                # ids only (text is decoded where it is shown): on an H200 vLLM's incremental
+                # detokenizer took 24% of a 64 x 512-token rollout (2.33 vs 1.78 s, host work
+                # between decode steps; docs/benchmarks.md, third KDFlow lease)
                 detokenize=False,
                 stop_token_ids=list(self.cfg.stop_token_ids),
                 ignore_eos=self.cfg.ignore_eos,
