@@ -59,11 +59,6 @@ class RolloutConfig:
     # over them, and each prompt's seed depends on its place in the step, not on the replica,
     # so vLLM samples the same tokens for any count (hf samples a batch from one seed).
     replicas: int = 1
-    # vLLM: false draws a call's noise for all rows at once from one seed instead of one
-    # kernel per seeded row and decode step: the same tokens for the same call and seed (a
-    # resumed run's), not for any replica count; no faster at 64 rows on an H200 (1.7B, 512
-    # new tokens: 3.85 vs 3.87 s), within the noise at 256 (docs/benchmarks.md)
-    seed_per_prompt: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
     n_samples: int = 2  # samples per prompt

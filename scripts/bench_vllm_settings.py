@@ -1,15 +1,16 @@
 """What the vLLM rollout engine's settings cost on one GPU, side by side on one engine: where a
 small student's generate time goes (on an H200 its 64 x 512-token rollout took 3.5 s against
-SGLang's 2.3 s in KDFlow; docs/benchmarks.md).
+SGLang's 2.3 s in KDFlow, then 1.78 s with vLLM's detokenizer off; docs/benchmarks.md).
 
 Variants, alternating --reps times after a warm-up of each, so the card's noise falls on all:
-    per_prompt  ondistill's VLLMRollout.generate as a training step calls it (a seed per prompt)
-    per_call    the same with rollout.seed_per_prompt=false (one seed, every row's noise at once)
-    detok       vLLM's own generate with the same sampling, its detokenizer on (VLLMRollout
-                had it on until 2026-12-01; it returns token ids only now)
+    ours        ondistill's VLLMRollout.generate as a training step calls it (a seed per prompt)
+    no_seeds    vLLM's own generate, log-probs on, detokenizer off, no seeds (every row's noise
+                at once, instead of one kernel per seeded row and decode step)
+    detok       vLLM's own generate with our sampling, its detokenizer on (VLLMRollout had it on
+                until 2026-12-01; it returns token ids only now)
     no_logprobs vLLM's own generate, detokenizer off and no log-probs (what the host spends on
                 the rollout log-probs the consistency metrics and MiniLLM's ratio need)
---profile adds the top host functions of one per_prompt rollout (cProfile, cumulative).
+--profile adds the top host functions of one `ours` rollout (cProfile, cumulative).
 Writes JSON after every row count:
 
     export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0
@@ -65,7 +66,7 @@ def main() -> None:
         if a.profile:
             prof = cProfile.Profile()
             prof.enable()
-            variants["per_prompt"](0)
+            variants["ours"](0)
             prof.disable()
             text = io.StringIO()
             pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
@@ -82,23 +83,21 @@ def variants_of(engine: VLLMRollout, prompts: TensorDict, new_tokens: int) -> di
         for r, m in zip(prompts[B.PROMPT_IDS], prompts[B.PROMPT_MASK], strict=True)
     ]
 
-    def raw(seed: int, **kw: object) -> object:
+    def raw(seed: int | None, **kw: object) -> object:
         params = [
-            SamplingParams(max_tokens=new_tokens, ignore_eos=True, seed=seed + i, **kw)
+            SamplingParams(
+                max_tokens=new_tokens,
+                ignore_eos=True,
+                seed=None if seed is None else seed + i,
+                **kw,
+            )
             for i in range(len(rows))
         ]
         return engine.llm.generate(rows, params, use_tqdm=False)
 
-    def ours(per_prompt: bool) -> Run:
-        def run(seed: int) -> object:
-            engine.cfg.seed_per_prompt = per_prompt
-            return engine.generate(prompts, seed=seed)
-
-        return run
-
     return {
-        "per_prompt": ours(True),
-        "per_call": ours(False),
+        "ours": lambda s: engine.generate(prompts, seed=s),
+        "no_seeds": lambda s: raw(None, logprobs=0, detokenize=False),
         "detok": lambda s: raw(s, logprobs=0, detokenize=True),
         "no_logprobs": lambda s: raw(s, detokenize=False),
     }

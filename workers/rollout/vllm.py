@@ -82,17 +82,16 @@ class VLLMRollout:
         # vLLM seeds the n children of a request seed, seed+1, ...: space prompts n apart, by
         # their place in the step (PROMPT_INDEX), so a replica given part of the step samples
         # what one engine given all of it would.
+        # (One seed per call instead was no faster on an H200: 1.78 s either way for 64 x 512
+        # tokens of a 1.7B student; docs/benchmarks.md.)
         places = prompts[B.PROMPT_INDEX].tolist()
-        per_prompt = self.cfg.seed_per_prompt
-        if not per_prompt:  # the engine runs in this process: its sampler draws from these
-            torch.manual_seed(seed + places[0] * n)  # replicas start at different places
         params = [
             SamplingParams(
                 n=n,
                 temperature=0.0 if greedy else self.cfg.temperature,
                 top_p=self.cfg.top_p,
                 max_tokens=self.cfg.max_new_tokens,
-                seed=seed + places[i] * n if per_prompt else None,
+                seed=seed + places[i] * n,
                 logprobs=0,
                 # ids only (text is decoded where it is shown): on an H200 vLLM's incremental
                 # detokenizer took 24% of a 64 x 512-token rollout (2.33 vs 1.78 s, host work
