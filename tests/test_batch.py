@@ -55,6 +55,7 @@ def test_dataset_rollout_reads_the_responses_carried_on_the_prompts():
     batch = DatasetRollout(max_new_tokens=4).generate(prompts, seed=3)
     assert batch[B.RESPONSE_IDS].tolist() == [[7, 8, 9, 10], [11, 2, 0, 0]]
     assert batch[B.RESPONSE_MASK].sum(1).tolist() == [4, 2]
+    assert all(batch[k].is_contiguous() for k in B.ROLLOUT)  # Ray sends them zero-copy
     assert not set(B.DATASET_RESPONSES) & set(batch.keys())  # the rollout alone goes on
     assert float(batch[B.ROLLOUT_LOGPROBS].abs().sum()) == 0.0
     with pytest.raises(B.BatchError, match="dataset_response_ids"):

@@ -45,8 +45,10 @@ class DatasetRollout:
         B.check(prompts, B.PROMPTS + B.DATASET_RESPONSES, "dataset rollout")
         width = max(1, min(self.max_new_tokens, int(prompts[B.DATASET_RESPONSE_MASK].sum(1).max())))
         td = prompts.exclude(*B.DATASET_RESPONSES)
-        td.set(B.RESPONSE_IDS, prompts[B.DATASET_RESPONSE_IDS][:, :width])
-        td.set(B.RESPONSE_MASK, prompts[B.DATASET_RESPONSE_MASK][:, :width])
+        # contiguous: Ray sends such tensors to the teacher zero-copy (a column slice would be
+        # copied anyway, with a warning on the console of every off-policy run)
+        td.set(B.RESPONSE_IDS, prompts[B.DATASET_RESPONSE_IDS][:, :width].contiguous())
+        td.set(B.RESPONSE_MASK, prompts[B.DATASET_RESPONSE_MASK][:, :width].contiguous())
         td.set(B.ROLLOUT_LOGPROBS, torch.zeros(td[B.RESPONSE_IDS].shape))
         return B.check(td, B.ROLLOUT, "dataset rollout")
 
