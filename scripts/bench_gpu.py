@@ -147,6 +147,8 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "tokens_per_s": sum(r["response_tokens"] for r in steps)
         / sum(sum(r[f"time/{k}"] for k in stage) for r in steps),
         "stages_s": stage,
+        # every step's stages, the warm-up included: medians of 2-3 steps hide their spread
+        "step_stages_s": [{k: r[f"time/{k}"] for k in stage} for r in rows if "time/train" in r],
         "wall_s": wall,
         "peak_gpu_gib": mem.peak,
         "final_loss": rows[-1].get("loss"),
