@@ -132,12 +132,11 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
     if proc.returncode:
         return {"system": "ondistill", "error": (proc.stdout + proc.stderr)[-4000:]}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "time/train" in r][1:]  # first step: warm-up (compiles, caches)
-    stage = {
-        k: statistics.median([r[f"time/{k}"] for r in steps])
-        for k in ("generate", "score", "train", "sync")
-    }
-    step_s = statistics.median([sum(r[f"time/{k}"] for k in stage) for r in steps])
+    every = [r for r in rows if "time/train" in r]
+    per_step = [{k: r[f"time/{k}"] for k in ("generate", "score", "train", "sync")} for r in every]
+    steps, timed = every[1:], per_step[1:]  # first step: warm-up (compiles, caches)
+    stage = {k: statistics.median([t[k] for t in timed]) for k in per_step[0]}
+    step_s = statistics.median([sum(t.values()) for t in timed])
     tokens = statistics.median([r["response_tokens"] for r in steps])
     return {
         "system": "ondistill",
@@ -145,10 +144,9 @@ def run_ondistill(a, teacher: Path, student: Path, prompts: Path, out: Path) -> 
         "tokens_per_step": tokens,
         # ragged batches (--lengths natural) vary in tokens: the rate over the measured steps
         "tokens_per_s": sum(r["response_tokens"] for r in steps)
-        / sum(sum(r[f"time/{k}"] for k in stage) for r in steps),
+        / sum(sum(t.values()) for t in timed),
         "stages_s": stage,
-        # every step's stages, the warm-up included: medians of 2-3 steps hide their spread
-        "step_stages_s": [{k: r[f"time/{k}"] for k in stage} for r in rows if "time/train" in r],
+        "step_stages_s": per_step,  # the warm-up included: medians of 2-3 steps hide their spread
         "wall_s": wall,
         "peak_gpu_gib": mem.peak,
         "final_loss": rows[-1].get("loss"),
