@@ -19,45 +19,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ondistill.divergences import DIVERGENCES, DivergenceParams
+from ondistill.divergences import DIVERGENCES
 from ondistill.heads import HeadSpec, OutputHead
-
-if TYPE_CHECKING:
-    from ondistill.config import LossConfig
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """What to compute per token. `extras` keys used: targets, rollout_logprobs, advantages.
-    These defaults are the config's (LossConfig reads them from here)."""
-
-    objective: str = "divergence"  # a key of OBJECTIVES
-    divergence: str = "reverse_kl"  # a key of DIVERGENCES
-    params: DivergenceParams = field(default_factory=DivergenceParams)
-    temperature: float = 1.0
-    ce_coef: float = 0.0
-    pg_clip: float = 0.2
-
-    @classmethod
-    def from_config(
-        cls, loss: LossConfig, objective: str | None = None, divergence: str | None = None
-    ) -> ObjectiveSpec:
-        """The loss config's spec; objective and divergence replace its own when given (the
-        schedule's stage sets them)."""
-        return cls(
-            objective=objective or loss.objective,
-            divergence=divergence or loss.divergence,
-            params=DivergenceParams(beta=loss.jsd_beta, alpha=loss.skew_alpha, mu=loss.akl_mu),
-            temperature=loss.temperature,
-            ce_coef=loss.ce_coef,
-            pg_clip=loss.pg_clip,
-        )
+from ondistill.objective import DivergenceParams, ObjectiveName, ObjectiveSpec
 
 
 class TeacherSide(Protocol):
@@ -157,6 +126,7 @@ OBJECTIVES: dict[str, Objective] = {
     "policy_gradient": _policy_gradient,
     "sft": _sft,
 }
+assert set(OBJECTIVES) == set(ObjectiveName)  # the names the config accepts
 
 
 def chunk_objective(

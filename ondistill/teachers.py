@@ -1,4 +1,5 @@
-"""Several teachers (`teachers:` in the config): their checks, before any work starts.
+"""The teachers' settings (model.teacher and teacher:, or `teachers:`): their checks across
+keys, before any work starts.
 
 Each teacher has a name, a model, a weight, a cross-tokenizer method and its own engine
 section. `routing.mode=field` sends each row to the teacher its data row names (under
@@ -17,8 +18,6 @@ from ondistill.config import (
     RoutingConfig,
     TeacherConfig,
 )
-from ondistill.config_checks import check_values, validate_teacher
-from ondistill.xtok import METHODS
 
 
 def validate_teachers(cfg: Config, objectives: set[str]) -> None:
@@ -53,19 +52,11 @@ def validate_teachers(cfg: Config, objectives: set[str]) -> None:
                 "without '/' (it names its rows and its metrics, kl/<name>)."
             )
         seen.add(t.name)
-        if not t.weight > 0:
-            raise ConfigError(f"{key}.weight={t.weight} must be > 0 (teacher {t.name}).")
-        if t.cross_tokenizer not in METHODS:
-            raise ConfigError(
-                f"{key}.cross_tokenizer={t.cross_tokenizer!r} is not valid; choose one of: "
-                f"{', '.join(METHODS)}."
-            )
         if t.engine.self_distill != "none":
             raise ConfigError(
                 f"{key}.engine.self_distill={t.engine.self_distill}: self-distillation has "
                 "one teacher, the student's copy; use teacher.self_distill without teachers."
             )
-        check_values(t.engine, "teacher.", f"{key}.engine.")
         validate_teacher(
             cfg, t.engine, t.cross_tokenizer, objectives, f"{key}.engine", f"{key}.cross_tokenizer"
         )
@@ -85,3 +76,53 @@ def _refuse_shadowed(cfg: Config) -> None:
                 f"{key} is for the one teacher and has no effect with teachers; set "
                 f"{instead} for each teacher instead."
             )
+
+
+def validate_teacher(
+    cfg: Config,
+    t: TeacherConfig,
+    method: str,
+    objectives: set[str],
+    key: str = "teacher",
+    method_key: str = "loss.cross_tokenizer",
+) -> None:
+    """The checks of one teacher's engine section `t` (named `key`) and its cross-tokenizer
+    method (named `method_key`) against the run's objectives."""
+    if t.topk and (objectives != {"divergence"} or cfg.loss.temperature != 1):
+        raise ConfigError(
+            f"{key}.topk>0 supports loss.objective=divergence at "
+            f"loss.temperature=1 only; set {key}.topk=0 to send hidden states."
+        )
+    _validate_cross_tokenizer(cfg, t, method, objectives, key, method_key)
+    if t.self_distill != "none" and (t.tp_size > 1 or method != "none"):
+        raise ConfigError(
+            f"{key}.self_distill={t.self_distill} copies the student into one "
+            f"teacher engine; set {key}.tp_size=1 and {method_key}=none."
+        )
+    if t.tp_size > 1 and cfg.ray.placement != "none":
+        raise ConfigError(
+            f"{key}.tp_size={t.tp_size} places each rank by ray.teacher alone; "
+            "set ray.placement=none."
+        )
+
+
+def _validate_cross_tokenizer(
+    cfg: Config, t: TeacherConfig, method: str, objectives: set[str], key: str, method_key: str
+) -> None:
+    if method == "none":
+        return
+    if "policy_gradient" in objectives:
+        raise ConfigError(
+            f"{method_key}={method} works with loss.objective=divergence "
+            "(or sft); policy_gradient needs the teacher's log-prob of each "
+            "student token, which another tokenizer does not give."
+        )
+    if t.topk:
+        raise ConfigError(
+            f"{method_key}={method} needs the teacher's hidden states; set {key}.topk=0."
+        )
+    if method == "span" and cfg.loss.temperature != 1:
+        raise ConfigError(
+            f"{method_key}=span compares chunk likelihoods at temperature "
+            "1; set loss.temperature=1 or use exact/uld."
+        )

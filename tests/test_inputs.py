@@ -137,7 +137,9 @@ def test_cli_prints_config_and_rejects_bad_keys_before_work():
     assert unknown.returncode != 0 and "temprature" in unknown.stderr
     bad = _cli("rollout.backend=bogus", "model.teacher=/nonexistent")
     assert bad.returncode != 0
-    assert "rollout.backend='bogus' is not valid; choose one of: auto, hf, vllm" in bad.stderr
+    # a choice is an enum of the schema: OmegaConf refuses it while composing the config
+    assert "rollout.backend=bogus" in bad.stderr
+    assert "Invalid value 'bogus', expected one of [auto, hf, vllm]" in bad.stderr
     missing = _cli("model.teacher=/nonexistent")
     assert "model path '/nonexistent' has no config.json" in missing.stderr
 
@@ -298,7 +300,8 @@ def test_refused_run_leaves_no_run_directory(tmp_path):
 
 
 def test_stage_schedule_follows_shares_and_refuses_bad_stages():
-    from ondistill.config import StageConfig, schedule, stage_at
+    from ondistill.config import StageConfig
+    from ondistill.stages import schedule, stage_at
 
     cfg = Config()
     cfg.trainer.steps = 7
@@ -348,5 +351,40 @@ def test_setting_that_every_stage_replaces_is_refused():
             "loss.divergence=jsd has no effect: every stage of trainer.stages sets its own "
             "divergence; set it per stage (e.g. trainer.stages.1.divergence=jsd)"
         ),
+    ):
+        validate(cfg)
+
+
+def test_schema_and_its_checks_import_no_torch_nor_higher_layers():
+    code = (
+        "import sys, ondistill.config, ondistill.config_checks, ondistill.stages; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'workers', 'trainer')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_registered_name_is_a_config_choice_and_back():
+    from ondistill.config import RolloutBackend, TeacherBackend
+    from ondistill.divergences import DIVERGENCES
+    from ondistill.losses import OBJECTIVES
+    from ondistill.objective import DivergenceName, ObjectiveName
+    from workers.engines import ROLLOUT_BACKENDS, TEACHER_BACKENDS
+
+    assert set(DIVERGENCES) == set(DivergenceName)
+    assert set(OBJECTIVES) == set(ObjectiveName)
+    assert {"auto", *ROLLOUT_BACKENDS} == set(RolloutBackend)
+    assert {"auto", *TEACHER_BACKENDS} == set(TeacherBackend)
+
+
+def test_a_named_teachers_section_is_checked_like_the_one_teachers():
+    from ondistill.config import NamedTeacher
+
+    cfg = Config()
+    cfg.teachers = [NamedTeacher("a"), NamedTeacher("b")]
+    cfg.teachers[1].engine.threads = 0
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("teachers[1].engine.threads=0 is out of range; it must be >= 1"),
     ):
         validate(cfg)

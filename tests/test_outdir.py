@@ -26,6 +26,23 @@ def test_same_settings_continue_and_operational_ones_may_differ(tmp_path):
     outdir.check(out, dataclasses.asdict(cfg), "auto")  # no error
 
 
+def test_operational_settings_of_each_listed_teacher_may_differ_and_its_model_not(tmp_path):
+    from ondistill.config import NamedTeacher
+
+    cfg = Config()
+    cfg.teachers = [NamedTeacher("a"), NamedTeacher("b")]
+    out = _saved_run(tmp_path, cfg)
+    cfg.teachers[1].engine.threads, cfg.teachers[0].ray.cpus = 1, 2.0
+    outdir.check(out, dataclasses.asdict(cfg), "auto")  # no error: how it runs, not what
+    cfg.teachers[1].model = "/elsewhere"
+    with pytest.raises(ConfigError, match=re.escape("teachers[1].model: ")):
+        outdir.check(out, dataclasses.asdict(cfg), "auto")
+    cfg.teachers[1].model = NamedTeacher().model
+    cfg.teachers.append(NamedTeacher("c"))  # another teacher changes the math
+    with pytest.raises(ConfigError, match=re.escape("teachers[2].cross_tokenizer: None -> 'none'")):
+        outdir.check(out, dataclasses.asdict(cfg), "auto")
+
+
 def test_other_settings_are_refused_with_the_keys_named(tmp_path):
     cfg = Config()
     out = _saved_run(tmp_path, cfg)

@@ -43,7 +43,10 @@ def two_teachers() -> Config:
             lambda c: setattr(c.teachers[1], "name", "llama"),
             "teachers[1].name='llama': give each teacher a distinct, non-empty name",
         ),
-        (lambda c: setattr(c.teachers[0], "weight", 0.0), "teachers[0].weight=0.0 must be > 0"),
+        (
+            lambda c: setattr(c.teachers[0], "weight", 0.0),
+            "teachers[0].weight=0.0 is out of range; it must be > 0",
+        ),
         (
             lambda c: setattr(c.teachers[1], "cross_tokenizer", "bpe"),
             "teachers[1].cross_tokenizer='bpe' is not valid",

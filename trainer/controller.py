@@ -16,8 +16,9 @@ import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import Stage, TrainerConfig, sampling_seed, stage_at
+from ondistill.config import TrainerConfig, sampling_seed
 from ondistill.data import PromptSet, collate_prompts
+from ondistill.stages import Stage, stage_at
 
 if TYPE_CHECKING:  # Ray stays out of the controller's imports
     from trainer.teachers import TeacherSet

@@ -12,61 +12,41 @@ from __future__ import annotations
 import json
 import os
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ondistill.config import ConfigError
-
-# Settings that change how the run is carried out, not what it computes: they may differ
-# when a run is continued (another machine, more restarts, a different log sink).
-OPERATIONAL = (
-    "trainer.output_dir",
-    "trainer.resume",
-    "trainer.checkpoint_every",
-    "trainer.keep_checkpoints",
-    "trainer.max_restarts",
-    "trainer.eval_every",
-    "trainer.save_student",
-    "trainer.overlap",
-    "model.cache_dir",
-    "log.",
-    "ray.",
-    "rollout.threads",
-    "teacher.threads",
-    "student.threads",
-    "rollout.compile",
-    "teacher.compile",
-    "student.compile",
-    "rollout.gpu_memory_utilization",
-    "teacher.share_gpu",
-    "teacher.micro_batch_size",
-    "student.micro_batch_size",
-    "teacher.micro_batch_tokens",
-    "student.micro_batch_tokens",
-    "teacher.packing",
-    "student.packing",
-)
+from ondistill.config import Config, ConfigError
+from ondistill.rules import is_operational
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaf values, through sections and lists of sections
+    (teachers[1].engine.threads)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
             out.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                out.update(flatten(item, f"{prefix}{key}[{i}]."))
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
 def differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """'key: old -> new' for every setting that changes the math or the data."""
+    """'key: old -> new' for every setting that changes the math or the data: any but those
+    marked operational in the schema (threads, logging, placement: how a run is carried out,
+    not what it computes), which a continued run may change."""
     a, b = flatten(old), flatten(new)
-    keys = sorted(
-        k
-        for k in a.keys() | b.keys()
-        if not any(k == o or (o.endswith(".") and k.startswith(o)) for o in OPERATIONAL)
-    )
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    keys = sorted(k for k in a.keys() | b.keys() if not is_operational(Config, k))
+    return [f"{k}: {_shown(a.get(k))} -> {_shown(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
+
+
+def _shown(value: Any) -> str:
+    """As the user writes it: a choice by its name, not the enum's repr."""
+    return repr(value.value if isinstance(value, Enum) else value)
 
 
 def check(out_dir: Path, config: dict[str, Any], resume: str) -> None:

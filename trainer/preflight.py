@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ondistill.config import ConfigError, TeacherConfig
+from ondistill.config import ConfigError, TeacherBackend, TeacherConfig
 
 
 def pick_rollout_backend(name: str) -> str:
@@ -30,7 +30,7 @@ def pick_rollout_backend(name: str) -> str:
     return name
 
 
-def pick_teacher_backend(cfg: TeacherConfig, env: dict[str, str]) -> str:
+def pick_teacher_backend(cfg: TeacherConfig, env: dict[str, str]) -> TeacherBackend:
     """auto -> sglang where the teacher would run on a GPU and can import SGLang (from this
     environment or a PYTHONPATH of ray.teacher.env), else hf."""
     if cfg.backend != "auto":
@@ -41,7 +41,7 @@ def pick_teacher_backend(cfg: TeacherConfig, env: dict[str, str]) -> str:
     has_sglang = importlib.util.find_spec("sglang") is not None or any(
         (Path(p) / "sglang").is_dir() for p in paths
     )
-    return "sglang" if torch.cuda.is_available() and has_sglang else "hf"
+    return TeacherBackend.sglang if torch.cuda.is_available() and has_sglang else TeacherBackend.hf
 
 
 def check_tokenizers(
@@ -55,7 +55,7 @@ def check_tokenizers(
     any model loads."""
     from transformers import AutoTokenizer
 
-    from ondistill.xtok import METHODS
+    from ondistill.objective import CrossTokenizer
 
     t, s = AutoTokenizer.from_pretrained(teacher_dir), AutoTokenizer.from_pretrained(student_dir)
     same = t.get_vocab() == s.get_vocab()
@@ -70,7 +70,7 @@ def check_tokenizers(
             f"teacher ({teacher_dir.name}, {len(t)} tokens) and student "
             f"({student_dir.name}, {len(s)} tokens) tokenize differently; pick a "
             "student with the teacher's tokenizer, or choose a cross-tokenizer "
-            f"method: {key}={'|'.join(METHODS[1:])} (e.g. {key}=exact)."
+            f"method: {key}={'|'.join(list(CrossTokenizer)[1:])} (e.g. {key}=exact)."
         )
     if cross_tokenizer == "none":
         return s, None

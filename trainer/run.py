@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ondistill.config import Config, ConfigError, schedule
+from ondistill.config import Config, ConfigError
 from ondistill.config_checks import validate
 from ondistill.data import PromptSet
 from ondistill.model_files import derive_student, resolve
+from ondistill.stages import schedule
 from trainer.preflight import (
     check_resume,
     check_tokenizers,

@@ -1,4 +1,4 @@
-"""Engine interfaces and the by-name registry, the one list of backends the config accepts.
+"""Engine interfaces and the by-name registry of the backends the config names.
 
 The registry holds import paths, not classes: backends are imported when chosen, so choosing
 `hf` never imports vLLM or SGLang, and validating a config imports neither. Each backend file
@@ -13,6 +13,8 @@ from typing import ClassVar, Protocol
 
 import torch
 from tensordict import TensorDict
+
+from ondistill.config import RolloutBackend, TeacherBackend
 
 
 class RolloutEngine(Protocol):
@@ -74,6 +76,11 @@ TEACHER_BACKENDS = {
     "hf": "workers.teacher.hf:HFTeacher",
     "sglang": "workers.teacher.sglang:SGLangTeacher",
 }
+
+
+# Every backend the config names (ondistill/config.py), "auto" being a choice among them.
+assert {"auto", *ROLLOUT_BACKENDS} == set(RolloutBackend)
+assert {"auto", *TEACHER_BACKENDS} == set(TeacherBackend)
 
 
 def load_class(registry: dict[str, str], name: str) -> type:

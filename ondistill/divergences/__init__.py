@@ -1,6 +1,6 @@
 """Token-level divergences over the full vocabulary, one small file each, registered by name.
 
-Every divergence has one signature:
+Every divergence has one signature (its name listed in ondistill/objective.py):
     fn(student_logits [N, V], teacher_logits [N, V], params: DivergenceParams) -> [N]
 Logits are float32 and already divided by the temperature; any normalised log-probabilities
 are valid logits too (the top-k path passes k+1 log-probs, tail bucket included).
@@ -9,23 +9,19 @@ are valid logits too (the top-k path passes k+1 log-probs, tail bucket included)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class DivergenceParams:
-    beta: float = 0.5  # generalized JSD: 0 -> forward KL, 1 -> reverse KL
-    alpha: float = 0.1  # skew KLs: weight of the skewing distribution
-    mu: float = 0.5  # adaptive KL: teacher mass that counts as the head
-
+from ondistill.objective import DivergenceName, DivergenceParams
 
 Divergence = Callable[[torch.Tensor, torch.Tensor, DivergenceParams], torch.Tensor]
 DIVERGENCES: dict[str, Divergence] = {}
 
 
 def register(name: str) -> Callable[[Divergence], Divergence]:
+    if name not in set(DivergenceName):  # the config's choices are that enum
+        raise ValueError(f"divergence {name!r}: add it to ondistill/objective.py DivergenceName")
+
     def wrap(fn: Divergence) -> Divergence:
         DIVERGENCES[name] = fn
         return fn

@@ -5,5 +5,3 @@
 - translate.py: the driver's side: re-tokenize student batches for the teacher, gather back.
 - losses.py: exact-span KD on the shared vocabulary, ULD, and span merging (ALM).
 """
-
-METHODS = ("none", "exact", "uld", "span")

@@ -12,10 +12,10 @@ import torch.distributed as dist
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import DTYPES, LossConfig, StudentConfig
+from ondistill.config import LossConfig, StudentConfig
 from ondistill.consistency import add, rank_sums
 from ondistill.heads import load_output_head
-from ondistill.losses import ObjectiveSpec
+from ondistill.objective import ObjectiveSpec
 from ondistill.packing import attention, even_out, micro_batches
 from ondistill.xtok.losses import trim_teacher_padding
 from workers.compile import wants_compile
@@ -97,7 +97,10 @@ class StudentWorker:
             self.cfg.micro_batch_tokens if self.device.type == "cuda" else 0,
         )
         self.model: Any = parallelize(  # KDModel, made an FSDPModule by fully_shard
-            kd, mesh, DTYPES[self.cfg.param_dtype], wants_compile(self.cfg.compile, self.device)
+            kd,
+            mesh,
+            getattr(torch, self.cfg.param_dtype),
+            wants_compile(self.cfg.compile, self.device),
         )
         # CPU: the fused kernel makes one pass over the parameters instead of ~10 (measured
         # 0.2 s of a 2.4 s step for the 50M default student); GPU keeps the default (foreach).
@@ -116,7 +119,7 @@ class StudentWorker:
         head = load_output_head(teacher_dir)
         # In the student's compute dtype: an fp32 teacher head next to bf16 hidden states
         # would run the largest matmul of the loss in fp32 (measured: 36% of an H200 step).
-        head.weight = head.weight.to(self.device, DTYPES[self.cfg.param_dtype])
+        head.weight = head.weight.to(self.device, getattr(torch, self.cfg.param_dtype))
         if method == "none":
             return TeacherHead(head)
         from transformers import AutoTokenizer
@@ -156,7 +159,7 @@ class StudentWorker:
         fetch_start = time.perf_counter()
         scored = [(p, self._fetch(p.batch)) for p in parts]
         fetch_s = time.perf_counter() - fetch_start
-        spec = ObjectiveSpec.from_config(self.loss_cfg, objective, divergence)
+        spec = self.loss_cfg.spec(objective, divergence)
         self.model.train()
         micro = self._micro_batches(scored)
         totals = {"loss": 0.0, "kl": 0.0}

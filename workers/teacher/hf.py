@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import DTYPES, TeacherConfig
+from ondistill.config import TeacherConfig
 from ondistill.heads import HeadSpec, OutputHead, load_output_head, topk_logprobs
 from ondistill.packing import (
     attention,
@@ -32,7 +32,7 @@ class HFTeacher:
         loads nothing until `join` (its group's address comes from rank 0's `tp_address`)."""
         torch.set_num_threads(max(1, cfg.threads))
         self.model_dir, self.cfg, self.tp_rank = model_dir, cfg, tp_rank
-        self.dtype = DTYPES[cfg.dtype]
+        self.dtype = getattr(torch, cfg.dtype)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.topk = cfg.topk
         if cfg.tp_size == 1:

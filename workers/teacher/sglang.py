@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict
 
 from ondistill import batch as B
-from ondistill.config import DTYPES, TeacherConfig
+from ondistill.config import TeacherConfig
 from ondistill.heads import load_output_head, topk_logprobs
 from workers.weights import pack, unpack
 
@@ -73,7 +73,7 @@ class SGLangTeacher:
         # A top-k teacher applies its own output head to the hidden states SGLang returns
         # (chunked: the [tokens, vocab] logits never exist whole).
         self.topk = cfg.topk
-        self.dtype = DTYPES[cfg.dtype]
+        self.dtype = getattr(torch, cfg.dtype)
         first = first_gpu(cfg.tp_size) if self.on_gpu else 0
         self.device = torch.device(f"cuda:{first}" if self.on_gpu else "cpu")
         if self.on_gpu:
