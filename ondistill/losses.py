@@ -373,29 +373,6 @@ def chunked_loss(
     )
 
 
-def chunked_kd_loss(
-    student_hidden,
-    student_weight,
-    teacher_hidden,
-    teacher_head: OutputHead,
-    weights,
-    divergence: str = "reverse_kl",
-    temperature: float = 1.0,
-    chunk_size: int = 512,
-    student_spec: HeadSpec | None = None,
-) -> torch.Tensor:
-    """The plain full-vocabulary divergence between hidden-state heads (see chunked_loss)."""
-    return chunked_loss(
-        student_hidden,
-        student_weight,
-        HiddenTeacher(teacher_hidden, teacher_head),
-        weights,
-        ObjectiveSpec(divergence=divergence, temperature=temperature),
-        chunk_size=chunk_size,
-        student_spec=student_spec,
-    )
-
-
 def discounted_advantages(reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """A_t = sum_{k >= t} gamma^(k - t) r_k over each row's response tokens. reward, mask [b, R]."""
     out = torch.zeros_like(reward)

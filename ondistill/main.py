@@ -1,6 +1,6 @@
 """Entry point: `python -m ondistill.main [recipe=NAME] [key=value ...]`.
 
-With no arguments it distils the builtin SmolLM2-135M-Instruct teacher into a 6-layer
+With no arguments it distils the builtin SmolLM2-135M-Instruct teacher into an 18-layer
 student on the shipped prompts. `--cfg job` prints the resolved config.
 """
 

@@ -12,6 +12,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import LossConfig, Placement, StudentConfig, TeacherConfig
+from tests.helpers import train_step
 from workers.group import StudentGroup, TeacherGroup
 
 VOCAB = 512
@@ -83,7 +84,7 @@ def test_without_a_shared_gpu_hidden_states_come_by_value(ray_local, pair):
     assert not teacher.share_gpu_with(student)
     scored = teacher.score(rollout_batch(), hand_over=True)
     assert B.TEACHER_HIDDEN in scored.keys() and B.TEACHER_HIDDEN_IPC not in scored.keys()
-    assert student.train_step(scored)["loss"] > 0
+    assert train_step(student, scored)["loss"] > 0
     teacher.kill(), student.kill()
 
 
@@ -102,7 +103,8 @@ def test_hand_over_on_one_gpu_equals_the_host_copy(ray_local, pair):
     for key in ("student_logprob", "teacher_logprob"):
         torch.testing.assert_close(ipc[key], host[key], rtol=1e-5, atol=1e-5)
     losses = [
-        student.train_step(teacher.score(rollout_batch(), hand_over=True))["loss"] for _ in range(3)
+        train_step(student, teacher.score(rollout_batch(), hand_over=True))["loss"]
+        for _ in range(3)
     ]
     assert losses[-1] < losses[0]  # the student trains on handed-over hidden states
     teacher.kill(), student.kill()

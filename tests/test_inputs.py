@@ -358,7 +358,8 @@ def test_setting_that_every_stage_replaces_is_refused():
 def test_schema_and_its_checks_import_no_torch_nor_higher_layers():
     code = (
         "import sys, ondistill.config, ondistill.config_checks, ondistill.stages; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'workers', 'trainer')))"
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch', 'workers', 'trainer')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,11 +10,11 @@ from ondistill.losses import (
     HiddenTeacher,
     ObjectiveSpec,
     TopKTeacher,
-    chunked_kd_loss,
     chunked_loss,
     chunked_token_stats,
     discounted_advantages,
 )
+from tests.helpers import chunked_kd_loss
 
 P = DivergenceParams(beta=0.3, alpha=0.2, mu=0.6)
 

@@ -13,6 +13,7 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import LossConfig, StudentConfig, TeacherConfig
 from ondistill.packing import balance, even_out, forward_columns, forward_packed, micro_batches
+from tests.helpers import train_parts
 from workers.group import StudentGroup, TeacherGroup
 
 # prompts of 1-9 tokens, responses of 1-40: rows of very different lengths
@@ -120,7 +121,7 @@ def test_token_budget_packed_training_gives_the_big_batch_update(ray_local, tiny
         steps = []
         for _ in range(2):
             parts = packed_teacher.score_parts(td.clone(), cfg.world_size, by_tokens=True)
-            steps.append(student.train_parts(parts, tokens, rows))
+            steps.append(train_parts(student, parts, tokens, rows))
         results[name] = steps
         student.kill()
     base = results["one batch"]

@@ -21,6 +21,7 @@ from ondistill.config import (
     TeacherConfig,
 )
 from ondistill.data import Example, collate_prompts
+from tests.helpers import train_parts, train_step
 from workers.group import RolloutGroup, StudentGroup, TeacherGroup
 from workers.placement import plan, reserve
 
@@ -51,7 +52,7 @@ def test_vllm_replicas_sample_what_one_engine_samples_and_all_get_the_weights(ra
         str(teacher_dir), 2,
     )  # fmt: skip
     teacher = TeacherGroup("hf", str(teacher_dir), TeacherConfig(threads=1))
-    student.train_step(teacher.score(split))  # the engines' weights are now stale
+    train_step(student, teacher.score(split))  # the engines' weights are now stale
     student.push_weights(rollout)
     after = rollout.generate(prompts, seed=11)
     ours = student.token_stats(after)["student_logprob"]
@@ -64,11 +65,11 @@ def test_vllm_replicas_sample_what_one_engine_samples_and_all_get_the_weights(ra
 
     # Run-time consistency: the train step measures each replica against the student. Both
     # got this push; then only replica 0 gets the next one, and replica 1's drift shows.
-    synced = student.train_step(teacher.score(after))
+    synced = train_step(student, teacher.score(after))
     assert synced["rollout_k3/r0"] < 1e-6 and synced["rollout_k3/r1"] < 1e-6
     assert abs(synced["rollout_log_ratio/r1"]) < 1e-3
     ray.get([a.push_weights.remote(rollout.actors[:1]) for a in student.actors])
-    stale = student.train_step(teacher.score(rollout.generate(prompts, seed=12)))
+    stale = train_step(student, teacher.score(rollout.generate(prompts, seed=12)))
     assert stale["rollout_k3/r0"] < 1e-6
     assert stale["rollout_k3/r1"] > 1e-4  # two updates at lr 1e-2 behind
     assert stale["rollout_k3_max"] == stale["rollout_k3/r1"]
@@ -107,7 +108,7 @@ def test_teacher_replicas_feed_the_student_ranks_directly(ray_local, tiny_dirs, 
     monkeypatch.setattr(ray, "get", spy)
     tokens, rows = int(batch[B.RESPONSE_MASK].sum()), batch.batch_size[0]
     parts = two.score_parts(batch, parts=2, hand_over=True)
-    metrics = student.train_parts(parts, tokens, rows)
+    metrics = train_parts(student, parts, tokens, rows)
     monkeypatch.undo()
     assert seen and not any(isinstance(x, TensorDict) for x in seen), seen  # metrics only
     assert metrics["response_tokens"] == tokens and metrics["loss"] > 0
@@ -117,7 +118,7 @@ def test_teacher_replicas_feed_the_student_ranks_directly(ray_local, tiny_dirs, 
         str(student_dir), str(teacher_dir), 2,
     )  # fmt: skip
     gathered = one.score(batch.clone())
-    half = again.train_parts(B.split_rows(gathered, 2), tokens, rows, lr_scale=0.5)
+    half = train_parts(again, B.split_rows(gathered, 2), tokens, rows, lr_scale=0.5)
     assert half["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
     assert half["lr"] == pytest.approx(0.5 * metrics["lr"])  # a stage's lr_scale applies
     for group in (one, two, student, again):

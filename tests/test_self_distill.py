@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ondistill import batch as B
 from ondistill.config import DataConfig, LossConfig, StudentConfig, TeacherConfig
 from ondistill.data import PromptSet, collate_prompts, collate_responses
+from tests.helpers import full_state, train_step
 from tests.test_student import scored_batches
 from workers.group import StudentGroup, TeacherGroup
 
@@ -28,20 +29,20 @@ def test_ema_follows_its_formula_and_survives_a_checkpoint(ray_local, tiny_dirs,
     cfg = StudentConfig(world_size=2, lr=1e-2, warmup_steps=0, threads=1)
     student = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
     student.track_ema(0.75)
-    ema = student.full_state()  # starts at the weights
+    ema = full_state(student)  # starts at the weights
     for batch in batches:
-        student.train_step(batch)
-        now = student.full_state()
+        train_step(student, batch)
+        now = full_state(student)
         ema = {n: 0.75 * e + 0.25 * now[n] for n, e in ema.items()}
-        close(student.full_state(ema=True), ema)
+        close(full_state(student, ema=True), ema)
     assert any((ema[n] - now[n]).abs().max() > 1e-4 for n in now)  # it lags the weights
     student.save(str(tmp_path))
     student.kill()
     again = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
     again.track_ema(0.75)
     again.load(str(tmp_path))
-    close(again.full_state(ema=True), ema)
-    close(again.full_state(), now)
+    close(full_state(again, ema=True), ema)
+    close(full_state(again), now)
     again.kill()
 
 
@@ -67,10 +68,10 @@ def test_after_a_push_the_teacher_scores_with_the_students_weights(ray_local, ti
         student.track_ema(0.5)
     teacher = TeacherGroup("hf", str(student_dir), TeacherConfig(threads=1))  # the student's copy
     before = teacher.score(batches[1].clone())[B.TEACHER_HIDDEN]
-    student.train_step(batches[0])
+    train_step(student, batches[0])
     assert student.push_teacher(teacher, ema) > 0
     after = teacher.score(batches[1].clone())[B.TEACHER_HIDDEN]
-    expected = hidden_of(student_dir, student.full_state(ema), batches[1])
+    expected = hidden_of(student_dir, full_state(student, ema), batches[1])
     m = batches[1][B.RESPONSE_MASK]
     assert (after[m] - before[m]).abs().max() > 1e-3
     torch.testing.assert_close(after[m], expected[m], rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ from ondistill import batch as B
 from ondistill.config import LossConfig, RolloutConfig, StudentConfig, TeacherConfig
 from ondistill.data import Example, collate_prompts
 from tests.conftest import dynamo_graphs
+from tests.helpers import train_step
 from workers.group import RolloutGroup, StudentGroup, TeacherGroup
 
 
@@ -30,7 +31,7 @@ def test_two_ranks_match_one_rank(ray_local, tiny_dirs):
     for ws in (1, 2):
         cfg = StudentConfig(world_size=ws, lr=1e-3, warmup_steps=0, micro_batch_size=1, threads=1)
         group = StudentGroup(cfg, LossConfig(chunk_size=7), str(student_dir), str(teacher_dir), 3)
-        losses[ws] = [group.train_step(b)["loss"] for b in batches]
+        losses[ws] = [train_step(group, b)["loss"] for b in batches]
         logprobs[ws] = group.token_stats(batches[0])["student_logprob"]
         group.kill()
     assert losses[1][0] > 0
@@ -59,7 +60,7 @@ def test_weight_push_makes_rollout_logprobs_equal_student(
     )
     prompts = collate_prompts([Example([1, 300, 301, 2], None), Example([1, 400, 2], None)], 2)
     before = rollout.generate(prompts, seed=7)
-    student.train_step(batch)  # weights move away from the rollout engine's copy
+    train_step(student, batch)  # weights move away from the rollout engine's copy
     stale = student.token_stats(before)["student_logprob"]
     assert (stale - before[B.ROLLOUT_LOGPROBS][before[B.RESPONSE_MASK]]).abs().max() > 1e-3
 
@@ -82,7 +83,7 @@ def test_compiled_blocks_match_eager(ray_local, tiny_dirs):
     for compiled in (False, True):
         cfg = StudentConfig(lr=1e-3, warmup_steps=0, threads=1, compile=compiled)
         group = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 2)
-        losses[compiled] = [group.train_step(b)["loss"] for b in batches]
+        losses[compiled] = [train_step(group, b)["loss"] for b in batches]
         teacher = TeacherGroup("hf", str(teacher_dir), TeacherConfig(compile=compiled))
         rescored = teacher.score(batches[0].exclude(B.TEACHER_HIDDEN))
         hidden[compiled] = rescored[B.TEACHER_HIDDEN]
@@ -111,7 +112,7 @@ def test_train_step_uses_the_stage_divergence(ray_local, tiny_dirs):
     stats = group.token_stats(batch, ("jsd", "reverse_kl"))  # jsd at the default beta 0.5
     jsd, rkl = float(stats["jsd"].mean()), float(stats["reverse_kl"].mean())
     assert jsd < 0.8 * rkl  # the two differ enough to tell apart (JSD is bounded by ln 2)
-    assert group.train_step(batch, "divergence", "jsd")["kl"] == pytest.approx(jsd, rel=1e-4)
+    assert train_step(group, batch, "divergence", "jsd")["kl"] == pytest.approx(jsd, rel=1e-4)
     group.kill()
 
 

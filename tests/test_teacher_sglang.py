@@ -10,7 +10,7 @@ from ondistill import batch as B
 from ondistill.config import TeacherConfig
 from ondistill.data import Example, collate_prompts, collate_responses
 from ondistill.heads import load_output_head
-from ondistill.losses import chunked_kd_loss
+from tests.helpers import chunked_kd_loss
 
 
 class Remote:

@@ -19,6 +19,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import LossConfig, Placement, StudentConfig, TeacherConfig
+from tests.helpers import train_step
 from workers.group import StudentGroup, TeacherGroup
 
 SGLANG_PATH = os.environ.get("ONDISTILL_SGLANG_PATH", "")
@@ -139,7 +140,8 @@ def test_hand_over_on_one_gpu_equals_the_host_copy(ray_local, pair):
         ipc["teacher_logprob"], host["teacher_logprob"], rtol=1e-3, atol=1e-3
     )
     losses = [
-        student.train_step(teacher.score(rollout_batch(), hand_over=True))["loss"] for _ in range(3)
+        train_step(student, teacher.score(rollout_batch(), hand_over=True))["loss"]
+        for _ in range(3)
     ]
     assert losses[-1] < losses[0]  # the student trains on handed-over hidden states
     teacher.kill(), student.kill()

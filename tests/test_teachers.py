@@ -24,6 +24,7 @@ from ondistill.config import (
 )
 from ondistill.config_checks import validate
 from ondistill.data import DataError, PromptSet, Routing, collate_prompts, read_rows
+from tests.helpers import train_step
 from trainer.controller import DatasetRollout
 
 NAMES = ("llama", "gemma")
@@ -212,7 +213,7 @@ def students(setup, tiny_dirs, tiny_gemma_teacher):
 
 
 def _single(student, scorer, batch) -> dict[str, float]:
-    return student.train_step(scorer.score(batch.clone()))
+    return train_step(student, scorer.score(batch.clone()))
 
 
 def test_mixture_loss_is_the_weighted_sum_of_single_teacher_losses(setup, students):

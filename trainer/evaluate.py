@@ -13,7 +13,7 @@ chrF of its greedy answer against the teacher's greedy answer. The teacher's own
 same metrics are the yardstick (`reference`) that the run's summary and collapse check use.
 Every answer is kept (`samples`) so a person can read them.
 
-With a teacher of another tokenizer, ondistill/xtok/evaluate.py compares the distributions per
+With a teacher of another tokenizer, trainer/xtok_evaluate.py compares the distributions per
 aligned chunk instead.
 """
 

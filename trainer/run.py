@@ -195,10 +195,12 @@ class Session:
             self.student.track_ema(cfg.teacher.ema_decay)
         first = self.teacher.members[0]
         alone = len(self.teacher.members) == 1 and first.translator is None
-        if alone and first.group.share_gpu_with(self.student):
+        # The one teacher hands its hidden states over by CUDA IPC where each replica shares
+        # its student rank's card (a decision the group keeps for every later score).
+        ipc = alone and first.group.share_gpu_with(self.student)
+        if ipc:
             print(
-                "[ondistill] teacher hidden states reach the student through CUDA IPC (same GPU)",
-                flush=True,
+                "[ondistill] teacher hidden states reach the student through CUDA IPC", flush=True
             )
         print(
             "[ondistill] placement (Ray node ids): rollout "

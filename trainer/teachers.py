@@ -184,8 +184,8 @@ def start_evaluators(
 ) -> Any:
     """Held-out evaluation: the one teacher's Evaluator, or PerTeacher over one per teacher,
     each on the held-out rows routed to it (all of them in a mixture)."""
-    from ondistill.xtok.evaluate import CrossTokenizerEvaluator
     from trainer.evaluate import Evaluator, PerTeacher
+    from trainer.xtok_evaluate import CrossTokenizerEvaluator
     from workers.group import RolloutGroup
 
     evaluators = {}

@@ -25,6 +25,7 @@ from ondistill.config import (
 )
 from workers.engines import ROLLOUT_BACKENDS, TEACHER_BACKENDS, TeacherEngine, load_class
 from workers.placement import Slot
+from workers.student.step_metrics import student_step_metrics
 
 
 def _remote(cls: type, place: Placement, slot: Slot | None = None) -> Any:
@@ -177,10 +178,11 @@ class TeacherGroup:
         self.share = False
 
     def share_gpu_with(self, student: StudentGroup) -> bool:
-        """Hand hidden states over on the GPU when teacher replica i and student rank i share a
-        card, for every i (one replica per rank: each keeps only its latest batch alive): the
-        rank maps the replica's tensor through CUDA IPC instead of receiving ~2 GB per step
-        (512 x 512 tokens x 4096 x bf16) through host memory and Ray's store."""
+        """Decide, and return, whether hidden states are handed over on the GPU: where teacher
+        replica i and student rank i share a card, for every i (one replica per rank: each
+        keeps only its latest batch alive). The rank then maps the replica's tensor through
+        CUDA IPC instead of receiving ~2 GB per step (512 x 512 tokens x 4096 x bf16) through
+        host memory and Ray's store."""
         from workers.weights import actor_gpu
 
         paired = len(self.actors) == student.world_size
@@ -276,30 +278,6 @@ class StudentGroup:
             )
         return list(td.chunk(self.world_size))
 
-    def train_step(
-        self, batch: TensorDict, objective: str | None = None, divergence: str | None = None
-    ) -> dict[str, float]:
-        """One update on a scored batch held here. objective, divergence: this step's, when the
-        schedule's stage sets them (else the loss config's)."""
-        B.check_scored(batch, "student.train_step")
-        tokens, rows = int(batch[B.RESPONSE_MASK].sum()), batch.batch_size[0]
-        return self.train_parts(self._split(batch), tokens, rows, objective, divergence)
-
-    def train_parts(
-        self,
-        parts: list,
-        tokens: int,
-        rows: int,
-        objective: str | None = None,
-        divergence: str | None = None,
-        lr_scale: float = 1.0,
-    ) -> dict[str, float]:
-        """One update on a batch of `tokens` response tokens in `rows` rows from the one
-        teacher, given as one part per rank: a scored TensorDict, or a Ray reference to one
-        (TeacherGroup.score_parts), which the rank fetches from the teacher itself."""
-        per_rank = [[B.TeacherPart(p, tokens, rows)] for p in parts]
-        return self.train_teachers(per_rank, tokens, objective, divergence, lr_scale)
-
     def train_teachers(
         self,
         parts: list[list[B.TeacherPart]],
@@ -310,8 +288,6 @@ class StudentGroup:
     ) -> dict[str, float]:
         """One update on a step of `tokens` response tokens, given per rank as one part per
         teacher that scored rows of it (TeacherSet.score_parts)."""
-        from trainer.metrics import student_step_metrics
-
         if len(parts) != self.world_size:
             raise ValueError(f"{len(parts)} parts for {self.world_size} student ranks")
         ranks = ray.get(
@@ -352,10 +328,6 @@ class StudentGroup:
 
     def track_ema(self, decay: float) -> None:
         ray.get([a.track_ema.remote(decay) for a in self.actors])
-
-    def full_state(self, ema: bool = False) -> dict[str, torch.Tensor]:
-        """The full parameters (or their EMA) under HF names, here."""
-        return ray.get([a.full_state.remote(ema) for a in self.actors])[0]
 
     def push_teacher(self, teacher: TeacherGroup, ema: bool) -> int:
         """Self-distillation: every teacher replica gets the student's weights or their EMA

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the seqkd recipe; extra key=value arguments override it (e.g. run.steps=60).
+# Run the seqkd recipe; extra key=value arguments override it (e.g. trainer.steps=60).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup.sh

@@ -103,7 +103,7 @@ class StudentWorker:
             wants_compile(self.cfg.compile, self.device),
         )
         # CPU: the fused kernel makes one pass over the parameters instead of ~10 (measured
-        # 0.2 s of a 2.4 s step for the 50M default student); GPU keeps the default (foreach).
+        # 0.2 s of a 2.4 s step for a 50M student); GPU keeps the default (foreach).
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.cfg.lr,

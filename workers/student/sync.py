@@ -5,15 +5,22 @@ which engine, and whether by CUDA IPC or by value, follows workers/weights.py.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
 from workers.weights import actor_gpu, gpu_identity, pack
 
-if TYPE_CHECKING:
-    from workers.student.actor import StudentWorker
+
+class Rank(Protocol):
+    """What these functions read of a student rank (workers/student/actor.py's worker)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    model: Any  # the FSDP2-sharded KDModel; .lm is the HF model
+    ema: dict[str, torch.Tensor] | None  # self-distillation's moving average, if tracked
 
 
 def buckets(
@@ -34,7 +41,7 @@ def buckets(
             bucket, size = [], 0
 
 
-def model_state(worker: StudentWorker, on_gpu: bool = False) -> dict[str, torch.Tensor]:
+def model_state(worker: Rank, on_gpu: bool = False) -> dict[str, torch.Tensor]:
     """The model's full state under HF names on rank 0 (on CPU, or on this rank's GPU with
     on_gpu); all ranks must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -45,9 +52,7 @@ def model_state(worker: StudentWorker, on_gpu: bool = False) -> dict[str, torch.
 
 
 @torch.no_grad()
-def full_params(
-    worker: StudentWorker, ema: bool = False, on_gpu: bool = False
-) -> dict[str, torch.Tensor]:
+def full_params(worker: Rank, ema: bool = False, on_gpu: bool = False) -> dict[str, torch.Tensor]:
     """The parameters (or their EMA) as full tensors under HF names, on rank 0 ({} on the
     others), in host memory or (on_gpu) on its card; all ranks must call it (each tensor is
     all-gathered)."""
@@ -65,7 +70,7 @@ def full_params(
     return out
 
 
-def push_to_teachers(worker: StudentWorker, teachers: list, ema: bool, bucket_mb: int) -> int:
+def push_to_teachers(worker: Rank, teachers: list, ema: bool, bucket_mb: int) -> int:
     """Self-distillation: the weights (or their EMA) into the teacher engine actors, in
     buckets, from rank 0. A teacher on rank 0's card gets CUDA IPC handles to them, any other
     CPU tensors through Ray. Returns bytes."""
@@ -86,7 +91,7 @@ def push_to_teachers(worker: StudentWorker, teachers: list, ema: bool, bucket_mb
     return sent
 
 
-def push_to_engines(worker: StudentWorker, engines: list, bucket_mb: int) -> int:
+def push_to_engines(worker: Rank, engines: list, bucket_mb: int) -> int:
     """Stream the weights to rollout engine actors in buckets of ~bucket_mb.
 
     An engine on a rank's GPU gets CUDA IPC handles from that rank (colocated replicas: each
