@@ -14,7 +14,7 @@ from typing import Any
 
 from ondistill.objective import CrossTokenizer, DivergenceName, DivergenceParams, ObjectiveName
 from ondistill.objective import ObjectiveSpec as _Spec
-from ondistill.rules import ConfigError, operational, ranged
+from ondistill.rules import ConfigError, at_least, operational, positive, ranged, unit
 
 __all__ = ["ConfigError"]  # raised by every check; its home is ondistill/rules.py
 
@@ -72,6 +72,11 @@ class WandbMode(StrEnum):
     disabled = auto()
 
 
+class NonFinite(StrEnum):
+    stop = auto()
+    skip = auto()
+
+
 # (the functional form: a member named `split` in a class body would shadow str.split)
 PlacementMode = StrEnum("PlacementMode", ["none", "colocated", "split"])
 
@@ -79,24 +84,6 @@ PlacementMode = StrEnum("PlacementMode", ["none", "colocated", "split"])
 class RoutingMode(StrEnum):
     field = auto()
     mixture = auto()
-
-
-def _at_least(n: int, default: Any, note: str = "", operational: bool = False) -> Any:
-    return ranged(default, lambda v: v >= n, f">= {n}{note}", operational)
-
-
-def _unit(default: Any, low_open: bool = False, high_open: bool = False) -> Any:
-    """A value in [0, 1], either end open when asked."""
-    must = f"in {'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-    return ranged(
-        default,
-        lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1),
-        must,
-    )
-
-
-def _positive(default: Any) -> Any:
-    return ranged(default, lambda v: v > 0, "> 0")
 
 
 @dataclass
@@ -116,8 +103,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     prompts: str = "builtin"  # a JSONL file of {"prompt": str, "response"?: str} rows
-    eval_size: int = _at_least(0, 32)  # held-out prompts, taken from the end of the file
-    max_prompt_tokens: int = _at_least(1, 128)
+    eval_size: int = at_least(0, 32)  # held-out prompts, taken from the end of the file
+    max_prompt_tokens: int = at_least(1, 128)
     chat_template: bool = True  # wrap each prompt in the tokenizer's chat template
     bad_rows: BadRows = BadRows.error
     # A prompt only the teacher sees, for rows without their own "teacher_prompt": a format
@@ -132,24 +119,24 @@ class RolloutConfig:
     # Data-parallel engines (one actor each, ray.rollout per actor): a step's prompts are split
     # over them, and each prompt's seed depends on its place in the step, not on the replica,
     # so vLLM samples the same tokens for any count (hf samples a batch from one seed).
-    replicas: int = _at_least(1, 1)
-    temperature: float = _positive(1.0)
-    top_p: float = _unit(1.0, low_open=True)
-    n_samples: int = _at_least(1, 2)  # samples per prompt
-    max_new_tokens: int = _at_least(1, 48)
+    replicas: int = at_least(1, 1)
+    temperature: float = positive(1.0)
+    top_p: float = unit(1.0, low_open=True)
+    n_samples: int = at_least(1, 2)  # samples per prompt
+    max_new_tokens: int = at_least(1, 48)
     seed: int = 0
     stop_token_ids: list[int] = field(default_factory=list)  # extra stops besides EOS
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks: fixed work)
-    max_model_len: int = _at_least(2, 2048)  # vLLM: longest prompt + response it must hold
+    max_model_len: int = at_least(2, 2048)  # vLLM: longest prompt + response it must hold
     # vLLM on GPU: its share, rest for teacher/student
     gpu_memory_utilization: float = ranged(0.3, lambda v: 0 < v <= 1, "in (0, 1]", True)
-    sync_every: int = _at_least(1, 1)  # push student weights to the engine every k updates
+    sync_every: int = at_least(1, 1)  # push student weights to the engine every k updates
     # vLLM on GPU, asleep between rollouts: 2 drops its weights where the next rollout follows
     # a weight push anyway (sync_every=1): no copies (H200, 1.7B: sleep 0.06 s and push 0.19 s
     # vs 4.8 s and 0.52 s, the same tokens after); otherwise, and with 1, host memory and back
     sleep_level: int = ranged(2, lambda v: v in (1, 2), "1 or 2")
     # torch threads in the engine's process (stages run one at a time)
-    threads: int = _at_least(1, 2, operational=True)
+    threads: int = at_least(1, 2, operational=True)
     # vLLM: compiled decode (CUDA graphs on GPU, torch.compile on CPU); null = on GPU only,
     # since on CPU it adds ~30 s to startup for ~0.4 s less per 64-token step
     compile: bool | None = operational(None)
@@ -167,26 +154,26 @@ class TeacherConfig:
     # auto: sglang on a GPU driver where SGLang is importable (here, or on a PYTHONPATH given
     # in ray.teacher.env), else hf
     backend: TeacherBackend = TeacherBackend.auto
-    replicas: int = _at_least(1, 1)  # data-parallel teacher actors (ray.teacher per actor)
+    replicas: int = at_least(1, 1)  # data-parallel teacher actors (ray.teacher per actor)
     # Self-distillation: the teacher is a copy of the student (model.teacher is not read),
     # whose weights are pushed into the teacher engine every self_every updates: the
     # student's own (live) or their exponential moving average (ema, rate ema_decay).
     self_distill: SelfDistill = SelfDistill.none
-    self_every: int = _at_least(1, 1)
-    ema_decay: float = _unit(0.99, high_open=True)
+    self_every: int = at_least(1, 1)
+    ema_decay: float = unit(0.99, high_open=True)
     # tensor-parallel ranks per replica, for a teacher that does not fit one card. hf:
     # transformers' tp_plan, one Ray actor per rank asking ray.teacher; sglang: one actor runs
     # every rank (a card each: tp_size whole cards, or its share of tp_size cards)
-    tp_size: int = _at_least(1, 1)
+    tp_size: int = at_least(1, 1)
     dtype: Dtype = Dtype.float32
     # 0: send final hidden states; k > 0: send top-k log-probs + tail bucket
-    topk: int = _at_least(0, 0, " (0 sends hidden states)")
-    threads: int = _at_least(1, 2, operational=True)
+    topk: int = at_least(0, 0, " (0 sends hidden states)")
+    threads: int = at_least(1, 2, operational=True)
     # hf: sequences per forward (bounds activation memory); 0 = all
-    micro_batch_size: int = _at_least(0, 0, " (0 scores the whole batch at once)", True)
+    micro_batch_size: int = at_least(0, 0, " (0 scores the whole batch at once)", True)
     # hf: instead, forwards of at most this many tokens (rows of similar length together; with
     # packing, real tokens); 0 = by micro_batch_size
-    micro_batch_tokens: int = _at_least(0, 0, " (0: micro-batches by rows)", True)
+    micro_batch_tokens: int = at_least(0, 0, " (0: micro-batches by rows)", True)
     packing: bool = operational(False)  # hf: rows concatenated without padding (packing.py)
     compile: bool | None = operational(None)  # hf: torch.compile each block; null = on CUDA
     # a one-rank student on the teacher's GPU maps the hidden states through CUDA IPC
@@ -199,21 +186,21 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    world_size: int = _at_least(1, 1)  # FSDP2 ranks, one Ray actor each
-    lr: float = _positive(2e-3)  # peak; warmup then cosine to min_lr_ratio x lr
-    weight_decay: float = _at_least(0, 0.0)
-    warmup_steps: int = _at_least(0, 2)
+    world_size: int = at_least(1, 1)  # FSDP2 ranks, one Ray actor each
+    lr: float = positive(2e-3)  # peak; warmup then cosine to min_lr_ratio x lr
+    weight_decay: float = at_least(0, 0.0)
+    warmup_steps: int = at_least(0, 2)
     schedule: LrSchedule = LrSchedule.cosine
     min_lr_ratio: float = ranged(0.1, lambda v: 0 <= v <= 1, "in [0, 1] (a share of student.lr)")
     # sequences per forward/backward; the rest is accumulated
-    micro_batch_size: int = _at_least(1, 8, operational=True)
+    micro_batch_size: int = at_least(1, 8, operational=True)
     # instead, micro-batches of at most this many tokens, rows balanced over ranks by tokens
     # (ragged on-policy batches waste less on padding); 0 = by micro_batch_size
-    micro_batch_tokens: int = _at_least(0, 0, " (0: micro-batches by rows)", True)
+    micro_batch_tokens: int = at_least(0, 0, " (0: micro-batches by rows)", True)
     packing: bool = operational(False)  # rows concatenated without padding (packing.py)
-    grad_clip: float = _at_least(0, 1.0, " (0 disables clipping)")
+    grad_clip: float = at_least(0, 1.0, " (0 disables clipping)")
     param_dtype: ParamDtype = ParamDtype.float32  # FSDP2 MixedPrecisionPolicy compute dtype
-    threads: int = _at_least(1, 2, operational=True)  # torch threads per rank
+    threads: int = at_least(1, 2, operational=True)  # torch threads per rank
     compile: bool | None = operational(None)  # torch.compile each block; null = on CUDA only
 
 
@@ -224,18 +211,18 @@ class LossConfig:
     # The math's defaults are its own (ObjectiveSpec, DivergenceParams), read here, not restated.
     objective: ObjectiveName = ObjectiveName(_Spec.objective)
     divergence: DivergenceName = DivergenceName(_Spec.divergence)  # ondistill/divergences/
-    jsd_beta: float = _unit(DivergenceParams.beta)  # jsd: 0 is forward KL, 1 reverse KL
-    skew_alpha: float = _unit(DivergenceParams.alpha, high_open=True)  # skew_*_kl
-    akl_mu: float = _unit(DivergenceParams.mu, True, True)  # adaptive_kl: teacher head mass
-    temperature: float = _positive(_Spec.temperature)
+    jsd_beta: float = unit(DivergenceParams.beta)  # jsd: 0 is forward KL, 1 reverse KL
+    skew_alpha: float = unit(DivergenceParams.alpha, high_open=True)  # skew_*_kl
+    akl_mu: float = unit(DivergenceParams.mu, True, True)  # adaptive_kl: teacher head mass
+    temperature: float = positive(_Spec.temperature)
     # + ce_coef x cross-entropy on the response tokens
-    ce_coef: float = _at_least(0, _Spec.ce_coef)
+    ce_coef: float = at_least(0, _Spec.ce_coef)
     # policy_gradient: gamma of the future-reward sum (0: per token)
-    pg_discount: float = _unit(0.0)
-    pg_clip: float = _positive(_Spec.pg_clip)  # policy_gradient: PPO clip of the importance ratio
+    pg_discount: float = unit(0.0)
+    pg_clip: float = positive(_Spec.pg_clip)  # policy_gradient: PPO clip of the importance ratio
     # token: mean over all response tokens of the batch; sequence: mean of per-sequence means
     reduction: Reduction = Reduction.token
-    chunk_size: int = _at_least(1, 512)  # tokens per chunk: extra memory is O(chunk_size x vocab)
+    chunk_size: int = at_least(1, 512)  # tokens per chunk: extra memory is O(chunk_size x vocab)
     # Teacher with another tokenizer (ondistill/xtok/): none (same tokenizer required) |
     # exact (divergence on the shared vocabulary + tail at aligned positions) | uld (sorted
     # probabilities, any vocabularies) | span (chunk likelihoods, spans merged)
@@ -268,7 +255,7 @@ class StageConfig:
     objective: ObjectiveName | None = None  # loss.objective of this stage
     # x the scheduled learning rate during this stage (a policy-gradient stage after a warm
     # start wants a far smaller step than the warm start does)
-    lr_scale: float = _positive(1.0)
+    lr_scale: float = positive(1.0)
 
 
 def _default_stages() -> list[StageConfig]:
@@ -290,28 +277,31 @@ def _default_stages() -> list[StageConfig]:
 
 @dataclass
 class TrainerConfig:
-    steps: int = _at_least(0, 70)
-    prompts_per_step: int = _at_least(1, 8)
-    on_policy_fraction: float = _unit(1.0)  # GKD lambda: chance a batch is sampled by the student
+    steps: int = at_least(0, 70)
+    prompts_per_step: int = at_least(1, 8)
+    on_policy_fraction: float = unit(1.0)  # GKD lambda: chance a batch is sampled by the student
     # The schedule, in order; [] is one stage of trainer.steps with the settings above.
     stages: list[StageConfig] = field(default_factory=_default_stages)
-    eval_every: int = _at_least(0, 0, " (0: only before and after training)", True)
+    eval_every: int = at_least(0, 0, " (0: only before and after training)", True)
     seed: int = 0
     output_dir: str = operational("")  # default: Hydra's run directory; give it to resume a run
     save_student: bool = operational(True)
     # steps; also at the end. 0: only at the end; -1: never
     checkpoint_every: int = ranged(10, lambda v: v >= -1, ">= 0, or -1 for no checkpoints", True)
-    keep_checkpoints: int = _at_least(1, 2, operational=True)
+    keep_checkpoints: int = at_least(1, 2, operational=True)
     resume: str = operational(
         "auto"
     )  # auto: newest complete checkpoint in output_dir, if any | never | a path
-    max_restarts: int = _at_least(
+    max_restarts: int = at_least(
         0, 2, operational=True
     )  # times the workers are rebuilt from a checkpoint after a crash
     # Generate the next batch while this one is scored and trained (trainer/overlap.py): the
     # samples are one update stale, the step takes max(generate, score + train) instead of
     # the sum. Needs room for the rollout engine awake next to teacher and student.
     overlap: bool = operational(False)
+    # A step whose loss or gradient is not finite is never applied; stop: the run ends there
+    # (the newest checkpoint and nothing after it kept); skip: it goes on, counting them.
+    nonfinite: NonFinite = NonFinite.stop
 
 
 @dataclass
@@ -360,7 +350,7 @@ class NamedTeacher:
 
     name: str = ""  # names its rows (routing.mode=field) and its metrics (kl/<name>)
     model: str = BUILTIN_TEACHER
-    weight: float = _positive(1.0)  # its loss is multiplied by this
+    weight: float = positive(1.0)  # its loss is multiplied by this
     cross_tokenizer: CrossTokenizer = CrossTokenizer.none  # as loss.cross_tokenizer
     engine: TeacherConfig = field(default_factory=TeacherConfig)
     ray: Placement = operational(factory=Placement)

@@ -44,6 +44,7 @@ register_recipes()
 def main(dcfg: DictConfig) -> None:
     from ondistill.config import ConfigError
     from ondistill.data import DataError
+    from trainer.guard import DivergedError
     from trainer.run import run
 
     cfg: Config = OmegaConf.to_object(dcfg)
@@ -51,6 +52,8 @@ def main(dcfg: DictConfig) -> None:
     out_dir = Path(cfg.trainer.output_dir) if cfg.trainer.output_dir else hydra_dir
     try:
         run(cfg, out_dir)
+    except DivergedError as e:
+        sys.exit(f"error: {e}")
     except (ConfigError, DataError) as e:
         _drop_if_unused(hydra_dir)
         sys.exit(f"error: {e}")

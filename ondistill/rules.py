@@ -33,6 +33,24 @@ def operational(default: Any = dataclasses.MISSING, factory: Any = dataclasses.M
     return dataclasses.field(default=default, metadata={"operational": True})
 
 
+def at_least(n: int, default: Any, note: str = "", operational: bool = False) -> Any:
+    return ranged(default, lambda v: v >= n, f">= {n}{note}", operational)
+
+
+def unit(default: Any, low_open: bool = False, high_open: bool = False) -> Any:
+    """A value in [0, 1], either end open when asked."""
+    must = f"in {'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    return ranged(
+        default,
+        lambda v: (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1),
+        must,
+    )
+
+
+def positive(default: Any) -> Any:
+    return ranged(default, lambda v: v > 0, "> 0")
+
+
 def check_values(node: Any, key: str = "") -> None:
     """Every range and choice under the dataclass `node`, named `key` + the field's path in the
     error (teachers[1].engine.threads); ConfigError on the first bad value."""

@@ -6,7 +6,7 @@ repository) computes, in `VanillaKD.training_step`, full logits of every masked 
 the teacher's hidden states with the teacher's head and from the student's with the student's,
 then `loss_fn(student_logits, teacher_logits, reduction="none").sum() / tokens` (its losses are
 torch.compile'd). ondistill computes the same divergence chunk by chunk from hidden states
-(`ondistill.losses.chunked_kd_loss`), never holding the [tokens, vocab] logits. Both are run
+(`ondistill.losses.chunked_loss`), never holding the [tokens, vocab] logits. Both are run
 here, the loss and its gradient with respect to the student's hidden states compared; writes
 one JSON file:
 

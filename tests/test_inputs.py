@@ -163,7 +163,7 @@ def _tiny_cfg(tiny_dirs, tmp_path, prompts="builtin"):
 
 def test_mismatched_tokenizers_are_refused_before_any_model_loads(tmp_path, tiny_dirs):
     from trainer.preflight import check_tokenizers
-    from trainer.run import prepare
+    from trainer.prepare import prepare
 
     other = _weightless_copy(tiny_dirs[1], tmp_path / "other-student")
     tok = AutoTokenizer.from_pretrained(other)
@@ -214,7 +214,7 @@ def test_prompts_path_that_is_a_directory(tmp_path, tiny_dirs):
 def test_data_errors_come_before_any_model_is_converted(tmp_path, tiny_dirs):
     """A builtin teacher on a cold cache takes 1-2 minutes to convert: bad data must stop the
     run first, with nothing written to the cache."""
-    from trainer.run import prepare
+    from trainer.prepare import prepare
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{oops\n')
@@ -245,7 +245,7 @@ def test_keep_layers_out_of_range_before_weights_load(tmp_path, tiny_dirs):
 
 
 def test_output_dir_and_resume_are_checked_before_models(tmp_path, tiny_dirs):
-    from trainer.run import prepare
+    from trainer.prepare import prepare
 
     cfg = _tiny_cfg(tiny_dirs, tmp_path)
     cfg.model.teacher = "builtin:smollm2-135m-instruct"  # would convert into the cache
@@ -260,7 +260,7 @@ def test_output_dir_and_resume_are_checked_before_models(tmp_path, tiny_dirs):
 
 
 def test_stop_token_outside_vocabulary(tmp_path, tiny_dirs):
-    from trainer.run import prepare
+    from trainer.prepare import prepare
 
     cfg = _tiny_cfg(tiny_dirs, tmp_path)
     cfg.rollout.stop_token_ids = [2, 10**6]

@@ -11,9 +11,9 @@ from ondistill.losses import (
     ObjectiveSpec,
     TopKTeacher,
     chunked_loss,
-    chunked_token_stats,
     discounted_advantages,
 )
+from ondistill.token_stats import chunked_token_stats
 from tests.helpers import chunked_kd_loss
 
 P = DivergenceParams(beta=0.3, alpha=0.2, mu=0.6)

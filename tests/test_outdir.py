@@ -70,7 +70,7 @@ def test_start_over_moves_checkpoints_out_of_reach_of_auto(tmp_path):
 
 
 def test_reused_directory_is_refused_before_models(tmp_path, tiny_dirs):
-    from trainer.run import prepare
+    from trainer.prepare import prepare
 
     cfg = Config()
     cfg.model.teacher = "builtin:smollm2-135m-instruct"  # would convert into the cache

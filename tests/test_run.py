@@ -72,7 +72,7 @@ def test_overlapped_run_trains_on_one_update_stale_samples(
     import random
 
     from trainer.controller import _jsonable
-    from trainer.run import prepare
+    from trainer.prepare import prepare
 
     cfg = tiny_config(
         tiny_dirs,

@@ -1,5 +1,6 @@
-"""Launch a distillation run explicitly, top to bottom: check inputs, resolve models, start
-Ray and the worker groups, evaluate, train with checkpoints, evaluate, save.
+"""Launch a distillation run explicitly, top to bottom: check inputs, resolve models
+(trainer/prepare.py), start Ray and the worker groups, evaluate, train with checkpoints,
+evaluate, save.
 
 A crash of any worker (Ray actor death) rebuilds all worker groups and continues from the
 newest complete checkpoint, up to trainer.max_restarts times; a killed driver continues the
@@ -12,83 +13,19 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ondistill.config import Config, ConfigError
-from ondistill.config_checks import validate
+from ondistill.config import Config
 from ondistill.data import PromptSet
-from ondistill.model_files import derive_student, resolve
 from ondistill.stages import schedule
-from trainer.preflight import (
-    check_resume,
-    check_tokenizers,
-    pick_rollout_backend,
-    pick_teacher_backend,
-)
+from trainer.guard import DivergedError, NonFiniteGuard
+from trainer.preflight import check_resume, pick_rollout_backend, pick_teacher_backend
+from trainer.prepare import prepare
 from trainer.report import SAMPLES, driver_peak_rss_gib, summary
-from trainer.teachers import TeacherSpec, other_tokenizer, routing_of, teacher_specs
+from trainer.teachers import TeacherSpec
 
 if TYPE_CHECKING:
     from trainer.evaluate import Evaluator, PerTeacher
-
-
-def prepare(cfg: Config, out_dir: Path | None = None) -> tuple[list[TeacherSpec], Path, PromptSet]:
-    """Everything that can fail on bad input, cheapest first, before Ray or any engine starts
-    (models are converted or cut only after the config, output directory and data pass).
-    Returns the teachers (models resolved), the student's directory and the prompts."""
-    from ondistill.data import read_rows
-
-    validate(cfg)
-    tr = cfg.trainer
-    if (
-        tr.prompts_per_step * cfg.rollout.n_samples
-    ) % cfg.student.world_size or tr.prompts_per_step % cfg.student.world_size:
-        raise ConfigError(
-            f"trainer.prompts_per_step={tr.prompts_per_step} must be a multiple of "
-            f"student.world_size={cfg.student.world_size} (rows split evenly over ranks)."
-        )
-    if out_dir is not None:
-        from trainer import outdir
-
-        outdir.check(out_dir, dataclasses.asdict(cfg), tr.resume)
-    check_resume(tr.resume)
-    routing = routing_of(cfg)
-    rows = read_rows(cfg.data, routing)
-    student_dir = derive_student(
-        resolve(cfg.model.student, cfg.model.cache_dir),
-        list(cfg.model.student_keep_layers),
-        cfg.model.cache_dir,
-    )
-    teachers = teacher_specs(cfg)
-    for t in teachers:
-        # self-distillation: the teacher starts as the student itself
-        self_distill = cfg.teacher.self_distill != "none"
-        t.model_dir = student_dir if self_distill else resolve(t.model, cfg.model.cache_dir)
-        tokenizer, t.tokenizer = check_tokenizers(
-            t.model_dir, student_dir, t.cross_tokenizer, t.key
-        )
-    outside = [t for t in cfg.rollout.stop_token_ids if not 0 <= t < len(tokenizer)]
-    if outside:
-        raise ConfigError(
-            f"rollout.stop_token_ids has {outside}, outside the student's "
-            f"vocabulary of {len(tokenizer)} tokens; give ids in 0..{len(tokenizer) - 1}."
-        )
-    prompts = PromptSet(
-        cfg.data,
-        tokenizer,
-        seed=tr.seed,
-        teacher_tokenizer=other_tokenizer(teachers),
-        rows=rows,
-        routing=routing,
-    )
-    off_policy = [s for s in schedule(cfg) if s.on_policy_fraction < 1 and s.steps]
-    if off_policy:
-        prompts.require_responses(
-            f"stage {off_policy[0].name} (on_policy_fraction="
-            f"{off_policy[0].on_policy_fraction}) asks for off-policy "
-            "batches"
-        )
-    return teachers, student_dir, prompts
 
 
 def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
@@ -102,11 +39,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     plan(cfg)  # a placement its replicas cannot take is refused before any work
     teachers, student_dir, prompts = prepare(cfg, out_dir)
     backend = pick_rollout_backend(cfg.rollout.backend)
-    for t in teachers:  # auto resolved here, not in cfg: config.json keeps what was asked
-        t.engine = dataclasses.replace(
-            t.engine, backend=pick_teacher_backend(t.engine, t.place.env)
-        )
-        print(f"[ondistill] teacher {t.name + ' ' if t.name else ''}{t.model_dir}")
+    _pick_teacher_backends(teachers)
     print(
         f"[ondistill] student {student_dir}\n[ondistill] rollout={backend} teacher="
         f"{','.join(t.engine.backend for t in teachers)} ranks={cfg.student.world_size} "
@@ -124,23 +57,15 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
             "student": (cfg.ray.student, cfg.student.world_size),
         }
     )
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the cluster answered
-    if cfg.trainer.resume == "never":
-        from trainer.outdir import start_over
-
-        aside = start_over(out_dir)
-        if aside:
-            print(
-                f"[ondistill] trainer.resume=never: the earlier checkpoints here are kept in "
-                f"{aside}",
-                flush=True,
-            )
-    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    _claim_out_dir(cfg, out_dir)  # only once the cluster answered
     resume = cfg.trainer.resume
     for attempt in range(cfg.trainer.max_restarts + 1):
         session = Session(cfg, out_dir, teachers, student_dir, prompts, backend)
         try:
             return session.train(resume)
+        except DivergedError:
+            session.close()
+            raise
         except ray.exceptions.RayActorError as e:
             session.close()
             if attempt == cfg.trainer.max_restarts:
@@ -155,6 +80,41 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     raise AssertionError("unreachable")
 
 
+def _pick_teacher_backends(teachers: list[TeacherSpec]) -> None:
+    """teacher.backend=auto resolved here, not in cfg: config.json keeps what was asked."""
+    for t in teachers:
+        t.engine = dataclasses.replace(
+            t.engine, backend=pick_teacher_backend(t.engine, t.place.env)
+        )
+        print(f"[ondistill] teacher {t.name + ' ' if t.name else ''}{t.model_dir}")
+
+
+def _warn_alignment(logger, step: int, aligned: float, floor: float) -> None:
+    logger.write(
+        f"[ondistill] WARNING: step {step}: only {aligned:.0%} of the student's tokens align "
+        f"with the teacher's tokenization (the teacher's own answers align {2 * floor:.0%}); "
+        "the cross-tokenizer loss sees little of this batch. Check that both tokenizers read "
+        "the same text."
+    )
+
+
+def _claim_out_dir(cfg: Config, out_dir: Path) -> None:
+    """Create the run directory and record the settings in it (resume=never first moves an
+    earlier run's checkpoints aside)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.trainer.resume == "never":
+        from trainer.outdir import start_over
+
+        aside = start_over(out_dir)
+        if aside:
+            print(
+                f"[ondistill] trainer.resume=never: the earlier checkpoints here are kept in "
+                f"{aside}",
+                flush=True,
+            )
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+
 class Session:
     """One set of worker groups, from (re)start to the end of training or a crash."""
 
@@ -167,10 +127,8 @@ class Session:
         prompts: PromptSet,
         backend: str,
     ):
-        from trainer.controller import Controller, DatasetRollout
-        from trainer.overlap import OverlapController
         from trainer.teachers import start_evaluators, start_teachers, student_teachers
-        from workers.group import RolloutGroup, StudentGroup, node_of
+        from workers.group import RolloutGroup, StudentGroup
         from workers.placement import reserve
 
         self.cfg, self.out_dir, self.ckpt_root = cfg, out_dir, out_dir / "checkpoints"
@@ -193,31 +151,26 @@ class Session:
         )
         if cfg.teacher.self_distill == "ema":
             self.student.track_ema(cfg.teacher.ema_decay)
-        first = self.teacher.members[0]
-        alone = len(self.teacher.members) == 1 and first.translator is None
-        # The one teacher hands its hidden states over by CUDA IPC where each replica shares
-        # its student rank's card (a decision the group keeps for every later score).
-        ipc = alone and first.group.share_gpu_with(self.student)
-        if ipc:
-            print(
-                "[ondistill] teacher hidden states reach the student through CUDA IPC", flush=True
-            )
-        print(
-            "[ondistill] placement (Ray node ids): rollout "
-            + ",".join(node_of(a) for a in self.rollout.actors)
-            + " teacher "
-            + ",".join(node_of(a) for m in self.teacher.members for a in m.group.actors)
-            + " student "
-            + ",".join(node_of(a) for a in self.student.actors),
-            flush=True,
-        )
+        self._share_gpu()
+        self._print_placement()
         self.evaluator: Evaluator | PerTeacher | None = None
         if cfg.data.eval_size:
             self.evaluator = start_evaluators(
                 cfg, teachers, self.teacher, prompts, self.rollout, self.student
             )
+        self.controller = self._controller(prompts)
+        # Asleep until the first on-policy step or evaluation wakes it: awake, a vLLM engine
+        # keeps its share of the card (weights and KV cache) through every off-policy step.
+        self.controller.rest_rollout()
+        self.startup_s = time.perf_counter() - start
+
+    def _controller(self, prompts: PromptSet) -> Any:
+        from trainer.controller import Controller, DatasetRollout
+        from trainer.overlap import OverlapController
+
+        cfg, first = self.cfg, self.teacher.members[0]
         kind = OverlapController if cfg.trainer.overlap else Controller
-        self.controller = kind(
+        return kind(
             cfg.trainer,
             prompts,
             self.rollout,
@@ -230,13 +183,30 @@ class Session:
             follow_ema=cfg.teacher.self_distill == "ema",
             follow_every=cfg.teacher.self_every,
         )
-        # Asleep until the first on-policy step or evaluation wakes it: awake, a vLLM engine
-        # keeps its share of the card (weights and KV cache) through every off-policy step.
-        self.controller.rest_rollout()
-        self.startup_s = time.perf_counter() - start
+
+    def _share_gpu(self) -> None:
+        """The one teacher hands its hidden states over by CUDA IPC where each replica shares
+        its student rank's card (a decision the group keeps for every later score)."""
+        first = self.teacher.members[0]
+        if len(self.teacher.members) == 1 and first.translator is None:
+            if first.group.share_gpu_with(self.student):
+                print("[ondistill] teacher hidden states reach the student through CUDA IPC")
+
+    def _print_placement(self) -> None:
+        from workers.group import node_of
+
+        print(
+            "[ondistill] placement (Ray node ids): rollout "
+            + ",".join(node_of(a) for a in self.rollout.actors)
+            + " teacher "
+            + ",".join(node_of(a) for m in self.teacher.members for a in m.group.actors)
+            + " student "
+            + ",".join(node_of(a) for a in self.student.actors),
+            flush=True,
+        )
 
     def train(self, resume: str) -> dict[str, dict[str, float]]:
-        from trainer.metrics import MetricsLogger, plot
+        from trainer.metrics import MetricsLogger
 
         cfg, tr = self.cfg, self.cfg.trainer
         results: dict[str, dict[str, float]] = {}
@@ -263,25 +233,34 @@ class Session:
             results["before"] = self._evaluate(logger, 0, "before")
         start = time.perf_counter()
         floor = 0.5 * self.evaluator.expected_alignment if self.evaluator else 0.0
+        guard = NonFiniteGuard(tr.nonfinite, self.ckpt_root)
         while step < tr.steps:
             step += 1
             metrics = self.controller.step()
             metrics["driver_rss_gib"] = driver_peak_rss_gib()
+            try:
+                guard.check(step, metrics)  # before anything saves this step's weights
+            except DivergedError:
+                logger.log(step, metrics)
+                logger.close()
+                raise
             logger.log(step, metrics)
             if metrics.get("aligned_fraction", 1.0) < floor:
-                logger.write(
-                    f"[ondistill] WARNING: step {step}: only "
-                    f"{metrics['aligned_fraction']:.0%} of the student's tokens align "
-                    f"with the teacher's tokenization (the teacher's own answers align "
-                    f"{2 * floor:.0%}); the cross-tokenizer loss sees little of this "
-                    "batch. Check that both tokenizers read the same text."
-                )
+                _warn_alignment(logger, step, metrics["aligned_fraction"], floor)
             if self.evaluator and tr.eval_every and step % tr.eval_every == 0 and step != tr.steps:
                 self.controller.sync()  # evaluation samples from the current student
                 self._evaluate(logger, step, f"step_{step}")
             every = tr.checkpoint_every
             if every >= 0 and (step == tr.steps or (every and step % every == 0)):
                 self._save(step, results, logger.history)
+        self._finish(logger, results, time.perf_counter() - start, guard.skipped)
+        return results
+
+    def _finish(self, logger, results: dict, train_s: float, skipped: int) -> None:
+        """The held-out evaluation after training, the export, the curves and the summary."""
+        from trainer.metrics import plot
+
+        cfg, tr = self.cfg, self.cfg.trainer
         if self.evaluator:
             self.controller.sync()
             results["after"] = self._evaluate(logger, tr.steps, "after")
@@ -291,9 +270,14 @@ class Session:
             self.student.save_hf(str(self.out_dir / "student"))
         if cfg.log.plot and cfg.log.jsonl:
             plot(logger.path, self.out_dir / "curves.png")
-        print(summary(results, self.out_dir, time.perf_counter() - start), flush=True)
+        print(summary(results, self.out_dir, train_s), flush=True)
+        if skipped:
+            print(
+                f"[ondistill] {skipped} of {tr.steps} updates were skipped for a non-finite "
+                "loss or gradient (trainer.nonfinite=skip)",
+                flush=True,
+            )
         self.close()
-        return results
 
     def _evaluate(self, logger, step: int, phase: str) -> dict[str, float]:
         """Held-out metrics, logged; every answer appended to samples.jsonl under `phase`."""

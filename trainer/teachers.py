@@ -39,7 +39,7 @@ class TeacherSpec:
     weight: float = 1.0
     cross_tokenizer: str = "none"
     key: str = "loss.cross_tokenizer"  # where cross_tokenizer is set, for error messages
-    model_dir: Path = Path()  # resolved by trainer.run.prepare
+    model_dir: Path = Path()  # resolved by trainer.prepare.prepare
     tokenizer: Any = None  # its tokenizer where it differs from the student's
 
 

@@ -29,7 +29,8 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.divergences import DIVERGENCES, DivergenceParams
 from ondistill.heads import HeadSpec, OutputHead
-from ondistill.losses import ObjectiveSpec, chunked_loss, chunked_token_stats, with_tail
+from ondistill.losses import ObjectiveSpec, chunked_loss, with_tail
+from ondistill.token_stats import chunked_token_stats
 from ondistill.xtok.vocab import SharedVocab
 
 

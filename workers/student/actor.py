@@ -21,22 +21,9 @@ from ondistill.xtok.losses import trim_teacher_padding
 from workers.compile import wants_compile
 from workers.student import sync
 from workers.student.kd_model import KDModel, TeacherHead, parallelize
+from workers.student.lr import lr_lambda
+from workers.student.step_metrics import signal_metrics
 from workers.weights import receive
-
-
-def lr_lambda(cfg: StudentConfig, total_steps: int):
-    def fn(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        shape = (
-            0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
-        )
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
-
-    return fn
 
 
 class StudentWorker:
@@ -180,19 +167,12 @@ class StudentWorker:
                     name = f"{key}/{part.teacher}"
                     totals[name] = totals.get(name, 0.0) + share / part.scale
         grad_norm = self._clip()
-        for group in self.optimizer.param_groups:  # the scheduler sets it afresh every step
-            group["lr"] *= lr_scale
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for name, p in self.model.lm.named_parameters():
-                    self.ema[name].lerp_(p.detach(), 1 - self.ema_decay)
-        self.optimizer.zero_grad(set_to_none=True)
+        lr, applied = self._update(lr_scale, grad_norm)
         out = {**totals, "grad_norm": grad_norm, "lr": lr, "fetch_s": fetch_s, **consistency}
+        out["skipped"] = float(not applied)
+        out["weights_finite"] = float(self._weights_finite())
         for part, td in scored:
-            out.update(_signal_metrics(part, td))
+            out.update(signal_metrics(part, td))
         if self.device.type == "cuda":
             # allocator retries = the card ran full and blocks were freed mid-step (slow)
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
@@ -286,6 +266,32 @@ class StudentWorker:
             teacher,
         )
         return {k: v.cpu() for k, v in out.items()}
+
+    def _update(self, lr_scale: float, grad_norm: float) -> tuple[float, bool]:
+        """The optimizer step at lr_scale x the schedule's rate, and the EMA after it; skipped
+        when the gradient is not finite (the norm is global over the mesh, so every rank skips
+        alike): NaN or inf gradients would make every weight NaN, and every checkpoint after.
+        Returns (the rate, whether the update was applied)."""
+        applied = math.isfinite(grad_norm)
+        for group in self.optimizer.param_groups:  # the scheduler sets it afresh every step
+            group["lr"] *= lr_scale
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if applied:
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None and applied:
+            with torch.no_grad():
+                for name, p in self.model.lm.named_parameters():
+                    self.ema[name].lerp_(p.detach(), 1 - self.ema_decay)
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, applied
+
+    @torch.no_grad()
+    def _weights_finite(self) -> bool:
+        """Whether this rank's shards of the weights hold only finite values (an applied
+        update can still overflow them)."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
+        return bool(torch.stack([t.isfinite().all() for t in local]).all())
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -383,23 +389,3 @@ def _take(td: TensorDict, rows: list[int]) -> TensorDict:
     if rows == list(range(rows[0], rows[0] + len(rows))):
         return td[rows[0] : rows[0] + len(rows)]
     return td[torch.tensor(rows)]
-
-
-def _signal_metrics(part: B.TeacherPart, td: TensorDict) -> dict[str, float]:
-    """What a part's signal says beyond the loss: the student tokens that start an aligned
-    chunk (another tokenizer), the top-k mass (a top-k teacher). The one teacher's as totals
-    (trainer.metrics makes them shares), a named teacher's as this rank's share of its own."""
-    signal = B.signal_of(td)
-    if signal is B.Signal.ALIGNED:
-        from ondistill.xtok.translate import aligned_starts
-
-        key, value = "aligned_tokens", float(aligned_starts(td))
-    elif signal is B.Signal.TOPK:
-        mass = td[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[td[B.RESPONSE_MASK]]
-        key, value = "topk_mass", float(mass.sum())
-    else:
-        return {}
-    if not part.teacher:
-        return {key: value}
-    share = {"aligned_tokens": "aligned_fraction", "topk_mass": "teacher_topk_mass"}[key]
-    return {f"{share}/{part.teacher}": value / max(1, part.tokens)}

@@ -22,10 +22,10 @@ from ondistill.losses import (
     TeacherSide,
     TopKTeacher,
     chunked_loss,
-    chunked_token_stats,
     discounted_advantages,
 )
 from ondistill.packing import forward_columns, forward_packed
+from ondistill.token_stats import chunked_token_stats
 from ondistill.xtok.losses import AlignedPair, aligned_stats, cross_tokenizer_loss
 from ondistill.xtok.vocab import SharedVocab
 from workers.compile import compile_blocks

@@ -1,7 +1,10 @@
-"""One train step's metrics, gathered from every student rank's own."""
+"""One train step's metrics: each rank's signal metrics, and the step's from every rank's own."""
 
 from __future__ import annotations
 
+from tensordict import TensorDict
+
+from ondistill import batch as B
 from ondistill import consistency
 
 
@@ -17,6 +20,8 @@ def student_step_metrics(ranks: list[dict[str, float]], tokens: int) -> dict[str
         "response_tokens": tokens,
         # the longest any rank waited for its scored rows (the teacher's time, for references)
         "fetch_s": max(r["fetch_s"] for r in ranks),
+        "skipped": first["skipped"],  # alike on every rank (the global gradient norm)
+        "weights_finite": min(r["weights_finite"] for r in ranks),
     }
     metrics.update(consistency.combine(ranks))  # per rollout replica, on-policy steps
     if "alloc_retries" in first:
@@ -37,3 +42,23 @@ def student_step_metrics(ranks: list[dict[str, float]], tokens: int) -> dict[str
 
 # Per-teacher metrics, logged as <metric>/<teacher name> when a run has several teachers
 PER_TEACHER = ("loss", "kl", "aligned_fraction", "teacher_topk_mass")
+
+
+def signal_metrics(part: B.TeacherPart, td: TensorDict) -> dict[str, float]:
+    """What a part's signal says beyond the loss: the student tokens that start an aligned
+    chunk (another tokenizer), the top-k mass (a top-k teacher). The one teacher's as totals
+    (student_step_metrics makes them shares), a named teacher's as this rank's share of its own."""
+    signal = B.signal_of(td)
+    if signal is B.Signal.ALIGNED:
+        from ondistill.xtok.translate import aligned_starts
+
+        key, value = "aligned_tokens", float(aligned_starts(td))
+    elif signal is B.Signal.TOPK:
+        mass = td[B.TEACHER_TOPK_LOGPROBS].exp().sum(-1)[td[B.RESPONSE_MASK]]
+        key, value = "topk_mass", float(mass.sum())
+    else:
+        return {}
+    if not part.teacher:
+        return {key: value}
+    share = {"aligned_tokens": "aligned_fraction", "topk_mass": "teacher_topk_mass"}[key]
+    return {f"{share}/{part.teacher}": value / max(1, part.tokens)}
