@@ -158,7 +158,7 @@ class TeacherPart:
     batch: Any  # a scored TensorDict, or a Ray reference to one (fetched by the rank)
     tokens: int  # response tokens of this teacher's rows in the step
     rows: int  # this teacher's rows in the step
-    teacher: str = ""  # its name; "" is the one teacher of a single-teacher run
+    teacher: str | None = None  # its name; None: the student's one teacher, whatever its name
     # its weight, times (routing by field) its share of the step's tokens or rows, so that
     # the parts' losses add up to the step's mean
     scale: float = 1.0

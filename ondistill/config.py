@@ -155,12 +155,6 @@ class TeacherConfig:
     # in ray.teacher.env), else hf
     backend: TeacherBackend = TeacherBackend.auto
     replicas: int = at_least(1, 1)  # data-parallel teacher actors (ray.teacher per actor)
-    # Self-distillation: the teacher is a copy of the student (model.teacher is not read),
-    # whose weights are pushed into the teacher engine every self_every updates: the
-    # student's own (live) or their exponential moving average (ema, rate ema_decay).
-    self_distill: SelfDistill = SelfDistill.none
-    self_every: int = at_least(1, 1)
-    ema_decay: float = unit(0.99, high_open=True)
     # tensor-parallel ranks per replica, for a teacher that does not fit one card. hf:
     # transformers' tp_plan, one Ray actor per rank asking ray.teacher; sglang: one actor runs
     # every rank (a card each: tp_size whole cards, or its share of tp_size cards)
@@ -182,6 +176,17 @@ class TeacherConfig:
     gpu_memory_utilization: float = 0.3  # sglang on GPU: its share of the card (weights + KV)
     # sglang: more Engine keyword arguments, e.g. {attention_backend: triton} where FA3 is absent
     engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SelfDistillConfig:
+    """Self-distillation: the teacher is a copy of the student (model.teacher is not read),
+    into whose engine the student's weights are pushed every `every` updates: its own (live)
+    or their exponential moving average (ema, rate ema_decay)."""
+
+    mode: SelfDistill = SelfDistill.none
+    every: int = at_least(1, 1)
+    ema_decay: float = unit(0.99, high_open=True)
 
 
 @dataclass
@@ -372,6 +377,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    self_distill: SelfDistillConfig = field(default_factory=SelfDistillConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

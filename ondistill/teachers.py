@@ -5,7 +5,8 @@ Each teacher has a name, a model, a weight, a cross-tokenizer method and its own
 section. `routing.mode=field` sends each row to the teacher its data row names (under
 `routing.key`); `mixture` has every teacher score every row, and the loss is the sum of their
 losses, each times its weight. With `teachers` empty the run has the one teacher of
-model.teacher and the teacher: section, as before.
+model.teacher and the teacher: section, as before; teacher_list() makes that the one entry of
+the same list, so everything after the checks sees one shape.
 """
 
 from __future__ import annotations
@@ -14,29 +15,37 @@ from ondistill.config import (
     BUILTIN_TEACHER,
     Config,
     ConfigError,
+    NamedTeacher,
     Placement,
     RoutingConfig,
     TeacherConfig,
 )
 
 
+def teacher_list(cfg: Config) -> list[NamedTeacher]:
+    """The run's teachers in the one shape every stage after the checks reads: `teachers:` as
+    listed, or the one teacher of model.teacher, the teacher: section, ray.teacher and
+    loss.cross_tokenizer as a one-entry list, named "teacher"."""
+    if cfg.teachers:
+        return list(cfg.teachers)
+    one = NamedTeacher("teacher", cfg.model.teacher, 1.0, cfg.loss.cross_tokenizer)
+    one.engine, one.ray = cfg.teacher, cfg.ray.teacher
+    return [one]
+
+
 def validate_teachers(cfg: Config, objectives: set[str]) -> None:
-    """The teacher settings of the run: the one teacher's, or every named teacher's."""
+    """The teacher settings of the run: the one teacher's, or every listed teacher's."""
+    if len(cfg.teachers) < 2 and cfg.routing != RoutingConfig():
+        raise ConfigError(
+            f"routing.mode={cfg.routing.mode} routing.key={cfg.routing.key} has no effect "
+            "with one teacher; list several under teachers, or leave routing unset."
+        )
+    _validate_self_distill(cfg)
     if not cfg.teachers:
-        if cfg.routing != RoutingConfig():
-            raise ConfigError(
-                f"routing.mode={cfg.routing.mode} routing.key={cfg.routing.key} has no effect "
-                "with one teacher; list several under teachers, or leave routing unset."
-            )
         validate_teacher(cfg, cfg.teacher, cfg.loss.cross_tokenizer, objectives)
         return
-    if len(cfg.teachers) == 1:
-        raise ConfigError(
-            "teachers lists one teacher; give one teacher as model.teacher (and its teacher: "
-            "section), or list two or more."
-        )
     _refuse_shadowed(cfg)
-    if cfg.ray.placement != "none":
+    if cfg.ray.placement != "none" and len(cfg.teachers) > 1:
         raise ConfigError(
             f"ray.placement={cfg.ray.placement} places one teacher's replicas; with several "
             "teachers set ray.placement=none (each asks for its teachers[i].ray)."
@@ -52,13 +61,24 @@ def validate_teachers(cfg: Config, objectives: set[str]) -> None:
                 "without '/' (it names its rows and its metrics, kl/<name>)."
             )
         seen.add(t.name)
-        if t.engine.self_distill != "none":
-            raise ConfigError(
-                f"{key}.engine.self_distill={t.engine.self_distill}: self-distillation has "
-                "one teacher, the student's copy; use teacher.self_distill without teachers."
-            )
         validate_teacher(
             cfg, t.engine, t.cross_tokenizer, objectives, f"{key}.engine", f"{key}.cross_tokenizer"
+        )
+
+
+def _validate_self_distill(cfg: Config) -> None:
+    mode = cfg.self_distill.mode
+    if mode == "none":
+        return
+    if cfg.teachers:
+        raise ConfigError(
+            f"self_distill.mode={mode}: self-distillation has one teacher, the student's copy; "
+            "leave teachers empty."
+        )
+    if cfg.teacher.tp_size > 1 or cfg.loss.cross_tokenizer != "none":
+        raise ConfigError(
+            f"self_distill.mode={mode} copies the student into one teacher engine; set "
+            "teacher.tp_size=1 and loss.cross_tokenizer=none."
         )
 
 
@@ -94,11 +114,6 @@ def validate_teacher(
             f"loss.temperature=1 only; set {key}.topk=0 to send hidden states."
         )
     _validate_cross_tokenizer(cfg, t, method, objectives, key, method_key)
-    if t.self_distill != "none" and (t.tp_size > 1 or method != "none"):
-        raise ConfigError(
-            f"{key}.self_distill={t.self_distill} copies the student into one "
-            f"teacher engine; set {key}.tp_size=1 and {method_key}=none."
-        )
     if t.tp_size > 1 and cfg.ray.placement != "none":
         raise ConfigError(
             f"{key}.tp_size={t.tp_size} places each rank by ray.teacher alone; "

@@ -13,6 +13,15 @@ from ondistill.heads import HeadSpec, OutputHead
 from ondistill.losses import HiddenTeacher, ObjectiveSpec, chunked_loss
 
 
+def student_group(cfg, loss, student_dir, teacher_dir, total_steps: int, *args, **kwargs):
+    """A StudentGroup comparing with one teacher (named "teacher", as a run's one teacher is),
+    compared by loss.cross_tokenizer."""
+    from workers.group import StudentGroup
+
+    teachers = {"teacher": (str(teacher_dir), loss.cross_tokenizer)}
+    return StudentGroup(cfg, loss, str(student_dir), teachers, total_steps, *args, **kwargs)
+
+
 def train_parts(
     student,
     parts: list,

@@ -12,7 +12,7 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import LossConfig, Placement, StudentConfig, TeacherConfig
-from tests.helpers import train_step
+from tests.helpers import student_group, train_step
 from workers.group import StudentGroup, TeacherGroup
 
 VOCAB = 512
@@ -67,7 +67,7 @@ def rollout_batch(rows: int = 4, prompt: int = 5, response: int = 7) -> TensorDi
 def groups(pair, gpus: float) -> tuple[TeacherGroup, StudentGroup]:
     teacher_dir, student_dir = pair
     teacher = TeacherGroup("hf", teacher_dir, TeacherConfig(), Placement(gpus=gpus))
-    student = StudentGroup(
+    student = student_group(
         StudentConfig(lr=1e-3, warmup_steps=0, threads=1),
         LossConfig(),
         student_dir,

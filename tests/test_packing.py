@@ -13,8 +13,8 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import LossConfig, StudentConfig, TeacherConfig
 from ondistill.packing import balance, even_out, forward_columns, forward_packed, micro_batches
-from tests.helpers import train_parts
-from workers.group import StudentGroup, TeacherGroup
+from tests.helpers import student_group, train_parts
+from workers.group import TeacherGroup
 
 # prompts of 1-9 tokens, responses of 1-40: rows of very different lengths
 PROMPT_LENS = [9, 1, 4, 7, 2, 9, 3, 5]
@@ -117,7 +117,7 @@ def test_token_budget_packed_training_gives_the_big_batch_update(ray_local, tiny
         ),
         "budget, padded": StudentConfig(micro_batch_tokens=96, lr=1e-2, warmup_steps=0, threads=1),
     }.items():
-        student = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 2)
+        student = student_group(cfg, LossConfig(), str(student_dir), str(teacher_dir), 2)
         steps = []
         for _ in range(2):
             parts = packed_teacher.score_parts(td.clone(), cfg.world_size, by_tokens=True)

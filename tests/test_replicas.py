@@ -21,8 +21,8 @@ from ondistill.config import (
     TeacherConfig,
 )
 from ondistill.data import Example, collate_prompts
-from tests.helpers import train_parts, train_step
-from workers.group import RolloutGroup, StudentGroup, TeacherGroup
+from tests.helpers import student_group, train_parts, train_step
+from workers.group import RolloutGroup, TeacherGroup
 from workers.placement import plan, reserve
 
 PROMPTS = [Example([1, 10 + i, 11, 12][: 2 + i % 3], None) for i in range(5)]
@@ -47,7 +47,7 @@ def test_vllm_replicas_sample_what_one_engine_samples_and_all_get_the_weights(ra
         split[B.ROLLOUT_LOGPROBS][m], whole[B.ROLLOUT_LOGPROBS][m], rtol=1e-5, atol=1e-4
     )
 
-    student = StudentGroup(
+    student = student_group(
         StudentConfig(lr=1e-2, warmup_steps=0, threads=1), LossConfig(), str(student_dir),
         str(teacher_dir), 2,
     )  # fmt: skip
@@ -94,7 +94,7 @@ def test_teacher_replicas_feed_the_student_ranks_directly(ray_local, tiny_dirs, 
     expected = one.score(batch.clone())[B.TEACHER_HIDDEN]
     torch.testing.assert_close(two.score(batch.clone())[B.TEACHER_HIDDEN], expected)
 
-    student = StudentGroup(
+    student = student_group(
         cfg.student, LossConfig(), str(student_dir), str(teacher_dir), 2, slots=layout.student
     )
     seen: list = []
@@ -113,7 +113,7 @@ def test_teacher_replicas_feed_the_student_ranks_directly(ray_local, tiny_dirs, 
     assert seen and not any(isinstance(x, TensorDict) for x in seen), seen  # metrics only
     assert metrics["response_tokens"] == tokens and metrics["loss"] > 0
     # the same update from the gathered batch gives the same loss (a fresh student)
-    again = StudentGroup(
+    again = student_group(
         StudentConfig(world_size=2, lr=1e-2, warmup_steps=0, threads=1), LossConfig(),
         str(student_dir), str(teacher_dir), 2,
     )  # fmt: skip

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ondistill import batch as B
 from ondistill.config import DataConfig, LossConfig, StudentConfig, TeacherConfig
 from ondistill.data import PromptSet, collate_prompts, collate_responses
-from tests.helpers import full_state, train_step
+from tests.helpers import full_state, student_group, train_step
 from tests.test_student import scored_batches
-from workers.group import StudentGroup, TeacherGroup
+from workers.group import TeacherGroup
 
 
 def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -27,7 +27,7 @@ def test_ema_follows_its_formula_and_survives_a_checkpoint(ray_local, tiny_dirs,
     teacher_dir, student_dir = tiny_dirs
     batches = scored_batches(teacher_dir, student_dir, 2)
     cfg = StudentConfig(world_size=2, lr=1e-2, warmup_steps=0, threads=1)
-    student = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
+    student = student_group(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
     student.track_ema(0.75)
     ema = full_state(student)  # starts at the weights
     for batch in batches:
@@ -38,7 +38,7 @@ def test_ema_follows_its_formula_and_survives_a_checkpoint(ray_local, tiny_dirs,
     assert any((ema[n] - now[n]).abs().max() > 1e-4 for n in now)  # it lags the weights
     student.save(str(tmp_path))
     student.kill()
-    again = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
+    again = student_group(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
     again.track_ema(0.75)
     again.load(str(tmp_path))
     close(full_state(again, ema=True), ema)
@@ -60,7 +60,7 @@ def hidden_of(student_dir, state: dict[str, torch.Tensor], batch) -> torch.Tenso
 def test_after_a_push_the_teacher_scores_with_the_students_weights(ray_local, tiny_dirs, ema):
     teacher_dir, student_dir = tiny_dirs
     batches = scored_batches(teacher_dir, student_dir, 2)
-    student = StudentGroup(
+    student = student_group(
         StudentConfig(lr=1e-2, warmup_steps=0, threads=1), LossConfig(), str(student_dir),
         str(teacher_dir), 4,
     )  # fmt: skip
@@ -102,7 +102,7 @@ def test_a_teacher_prompt_changes_the_teachers_scores_not_the_students_inputs(
     teacher.kill()
     m = td_h[B.RESPONSE_MASK]
     assert (a[B.TEACHER_HIDDEN][m] - b[B.TEACHER_HIDDEN][m]).abs().max() > 1e-2
-    student = StudentGroup(
+    student = student_group(
         StudentConfig(threads=1), LossConfig(), str(student_dir), str(teacher_dir), 1
     )
     torch.testing.assert_close(
@@ -118,7 +118,7 @@ def test_self_distillation_run_with_an_ema_teacher_and_a_hint(
     from trainer.run import run
 
     cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, on_policy_fraction=0.5, steps=4)
-    cfg.teacher.self_distill, cfg.teacher.ema_decay, cfg.teacher.self_every = "ema", 0.5, 2
+    cfg.self_distill.mode, cfg.self_distill.ema_decay, cfg.self_distill.every = "ema", 0.5, 2
     cfg.data.teacher_prompt = "{prompt}\nA good answer: {response}"
     cfg.trainer.checkpoint_every, cfg.log.plot = 2, False
     out = tmp_path / "out"

@@ -8,8 +8,8 @@ from ondistill import batch as B
 from ondistill.config import LossConfig, RolloutConfig, StudentConfig, TeacherConfig
 from ondistill.data import Example, collate_prompts
 from tests.conftest import dynamo_graphs
-from tests.helpers import train_step
-from workers.group import RolloutGroup, StudentGroup, TeacherGroup
+from tests.helpers import student_group, train_step
+from workers.group import RolloutGroup, TeacherGroup
 
 
 def scored_batches(teacher_dir, student_dir, n_batches=3):
@@ -30,7 +30,7 @@ def test_two_ranks_match_one_rank(ray_local, tiny_dirs):
     losses, logprobs = {}, {}
     for ws in (1, 2):
         cfg = StudentConfig(world_size=ws, lr=1e-3, warmup_steps=0, micro_batch_size=1, threads=1)
-        group = StudentGroup(cfg, LossConfig(chunk_size=7), str(student_dir), str(teacher_dir), 3)
+        group = student_group(cfg, LossConfig(chunk_size=7), str(student_dir), str(teacher_dir), 3)
         losses[ws] = [train_step(group, b)["loss"] for b in batches]
         logprobs[ws] = group.token_stats(batches[0])["student_logprob"]
         group.kill()
@@ -51,7 +51,7 @@ def test_weight_push_makes_rollout_logprobs_equal_student(
     rollout = RolloutGroup(
         backend, str(student_dir), RolloutConfig(n_samples=2, max_new_tokens=12, threads=1)
     )
-    student = StudentGroup(
+    student = student_group(
         StudentConfig(world_size=world_size, lr=1e-2, warmup_steps=0, threads=1),
         LossConfig(),
         str(student_dir),
@@ -82,7 +82,7 @@ def test_compiled_blocks_match_eager(ray_local, tiny_dirs):
     losses, hidden, graphs = {}, {}, {}
     for compiled in (False, True):
         cfg = StudentConfig(lr=1e-3, warmup_steps=0, threads=1, compile=compiled)
-        group = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 2)
+        group = student_group(cfg, LossConfig(), str(student_dir), str(teacher_dir), 2)
         losses[compiled] = [train_step(group, b)["loss"] for b in batches]
         teacher = TeacherGroup("hf", str(teacher_dir), TeacherConfig(compile=compiled))
         rescored = teacher.score(batches[0].exclude(B.TEACHER_HIDDEN))
@@ -102,7 +102,7 @@ def test_train_step_uses_the_stage_divergence(ray_local, tiny_dirs):
     that divergence over the batch's tokens, measured on the weights before the update."""
     teacher_dir, student_dir = tiny_dirs
     batch = scored_batches(teacher_dir, student_dir, 1)[0]
-    group = StudentGroup(
+    group = student_group(
         StudentConfig(lr=1e-3, warmup_steps=0, threads=1),
         LossConfig(divergence="reverse_kl"),
         str(student_dir),

@@ -19,8 +19,8 @@ from tensordict import TensorDict
 
 from ondistill import batch as B
 from ondistill.config import LossConfig, Placement, StudentConfig, TeacherConfig
-from tests.helpers import train_step
-from workers.group import StudentGroup, TeacherGroup
+from tests.helpers import student_group, train_step
+from workers.group import TeacherGroup
 
 SGLANG_PATH = os.environ.get("ONDISTILL_SGLANG_PATH", "")
 VOCAB = 1024
@@ -122,7 +122,7 @@ def test_hidden_states_equal_hf_within_bf16(ray_local, pair):
 
 def test_hand_over_on_one_gpu_equals_the_host_copy(ray_local, pair):
     teacher = sglang_teacher(pair[0])
-    student = StudentGroup(
+    student = student_group(
         StudentConfig(lr=1e-3, warmup_steps=0, threads=1, param_dtype="bfloat16"),
         LossConfig(),
         pair[1],
@@ -180,7 +180,7 @@ def test_weight_update_through_cuda_ipc(ray_local, pair, tmp_path):
     for f in Path(pair[0]).glob("tokenizer*"):
         (tmp_path / "other" / f.name).write_bytes(f.read_bytes())
     teacher = sglang_teacher(pair[0])
-    student = StudentGroup(
+    student = student_group(
         StudentConfig(lr=1e-3, warmup_steps=0, threads=1, param_dtype="bfloat16"),
         LossConfig(),
         str(tmp_path / "other"),

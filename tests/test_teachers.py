@@ -24,7 +24,7 @@ from ondistill.config import (
 )
 from ondistill.config_checks import validate
 from ondistill.data import DataError, PromptSet, Routing, collate_prompts, read_rows
-from tests.helpers import train_step
+from tests.helpers import student_group, train_step
 from trainer.controller import DatasetRollout
 
 NAMES = ("llama", "gemma")
@@ -39,7 +39,6 @@ def two_teachers() -> Config:
 @pytest.mark.parametrize(
     "change,needle",
     [
-        (lambda c: c.teachers.pop(), "teachers lists one teacher; give one teacher as model"),
         (
             lambda c: setattr(c.teachers[1], "name", "llama"),
             "teachers[1].name='llama': give each teacher a distinct, non-empty name",
@@ -62,8 +61,8 @@ def two_teachers() -> Config:
             "teachers[1].engine.topk=0",
         ),
         (
-            lambda c: setattr(c.teachers[0].engine, "self_distill", "ema"),
-            "teachers[0].engine.self_distill=ema: self-distillation has one teacher",
+            lambda c: setattr(c.self_distill, "mode", "ema"),
+            "self_distill.mode=ema: self-distillation has one teacher",
         ),
         (
             lambda c: setattr(c.model, "teacher", "/models/big"),
@@ -203,8 +202,8 @@ def students(setup, tiny_dirs, tiny_gemma_teacher):
         heads,
         4,
     )
-    llama = StudentGroup(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
-    gemma = StudentGroup(
+    llama = student_group(cfg, LossConfig(), str(student_dir), str(teacher_dir), 4)
+    gemma = student_group(
         cfg, LossConfig(cross_tokenizer="exact"), str(student_dir), str(tiny_gemma_teacher), 4
     )
     yield multi, llama, gemma
@@ -256,3 +255,28 @@ def test_routed_loss_adds_each_teachers_loss_on_its_own_rows(setup, students):
         assert routed[f"kl/{name}"] == pytest.approx(alone["kl"], rel=1e-4)
         total += alone["loss"] * int(rows[B.RESPONSE_MASK].sum()) / tokens
     assert routed["loss"] == pytest.approx(total, rel=1e-4)  # the step's token mean
+
+
+def test_one_teacher_spelled_either_way_trains_alike(ray_local, tiny_dirs, prompts_file, tmp_path):
+    """model.teacher + teacher: and a one-entry teachers: list are the same run: one list of
+    one teacher from the config on (ondistill/teachers.py teacher_list)."""
+    from ondistill.config import TeacherConfig
+    from tests.test_run import tiny_config
+    from trainer.run import run
+
+    losses = {}
+    for spelling in ("model.teacher", "teachers"):
+        cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, steps=3, on_policy_fraction=0.5)
+        cfg.data.eval_size, cfg.log.plot, cfg.trainer.save_student = 0, False, False
+        cfg.trainer.checkpoint_every = -1
+        if spelling == "teachers":
+            cfg.teachers = [NamedTeacher("t", cfg.model.teacher, engine=cfg.teacher)]
+            cfg.model.teacher, cfg.teacher = NamedTeacher().model, TeacherConfig()
+        validate(cfg)
+        out = tmp_path / spelling
+        run(cfg, out)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[spelling] = [(r["loss"], r["kl"]) for r in rows if "loss" in r]
+        assert not any("/" in k for r in rows for k in r if k.startswith(("loss", "kl")))
+    assert len(losses["teachers"]) == 3
+    assert losses["teachers"] == losses["model.teacher"]

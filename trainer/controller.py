@@ -60,6 +60,16 @@ class Generator(Protocol):
     ) -> TensorDict: ...
 
 
+@dataclass(frozen=True)
+class Follower:
+    """Self-distillation's teacher: the engine the student's weights (or, with ema, their
+    moving average) go into every `every` updates."""
+
+    group: TeacherGroup
+    ema: bool
+    every: int
+
+
 @dataclass
 class Controller:
     cfg: TrainerConfig
@@ -70,11 +80,7 @@ class Controller:
     student: StudentGroup
     stages: list[Stage]  # config.schedule(): the on-policy share and objective per update
     sync_every: int = 1
-    # self-distillation: the teacher engine the student's weights (or their EMA) go into,
-    # every follow_every updates
-    follower: TeacherGroup | None = None
-    follow_ema: bool = False
-    follow_every: int = 1
+    follower: Follower | None = None  # self-distillation's teacher
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.cfg.seed)  # GKD's per-batch on/off-policy coin
@@ -157,9 +163,9 @@ class Controller:
         timings["time/score"] = metrics.pop("fetch_s")
         timings["time/train"] -= timings["time/score"]
         self.updates += 1
-        if self.follower is not None and self.updates % self.follow_every == 0:
+        if self.follower is not None and self.updates % self.follower.every == 0:
             with timed(timings, "teacher_sync"):
-                self.student.push_teacher(self.follower, self.follow_ema)
+                self.student.push_teacher(self.follower.group, self.follower.ema)
         step_time = sum(timings.values())
         return {
             **metrics,

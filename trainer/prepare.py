@@ -58,7 +58,7 @@ def _resolve_models(cfg: Config) -> tuple[list[TeacherSpec], Path, Any]:
         cfg.model.cache_dir,
     )
     teachers = teacher_specs(cfg)
-    self_distill = cfg.teacher.self_distill != "none"  # the teacher starts as the student
+    self_distill = cfg.self_distill.mode != "none"  # the teacher starts as the student
     for t in teachers:
         t.model_dir = student_dir if self_distill else resolve(t.model, cfg.model.cache_dir)
         tokenizer, t.tokenizer = check_tokenizers(

@@ -50,10 +50,7 @@ def run(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
     check_resources(
         {
             "rollout": (cfg.ray.rollout, cfg.rollout.replicas),
-            **{
-                f"teacher {t.name}".strip(): (t.place, t.engine.replicas * t.engine.tp_size)
-                for t in teachers
-            },
+            **{t.label: (t.place, t.engine.replicas * t.engine.tp_size) for t in teachers},
             "student": (cfg.ray.student, cfg.student.world_size),
         }
     )
@@ -86,7 +83,7 @@ def _pick_teacher_backends(teachers: list[TeacherSpec]) -> None:
         t.engine = dataclasses.replace(
             t.engine, backend=pick_teacher_backend(t.engine, t.place.env)
         )
-        print(f"[ondistill] teacher {t.name + ' ' if t.name else ''}{t.model_dir}")
+        print(f"[ondistill] {t.label} {t.model_dir}")
 
 
 def _warn_alignment(logger, step: int, aligned: float, floor: float) -> None:
@@ -149,8 +146,8 @@ class Session:
             cfg.ray.student,
             self.layout.student,
         )
-        if cfg.teacher.self_distill == "ema":
-            self.student.track_ema(cfg.teacher.ema_decay)
+        if cfg.self_distill.mode == "ema":
+            self.student.track_ema(cfg.self_distill.ema_decay)
         self._share_gpu()
         self._print_placement()
         self.evaluator: Evaluator | PerTeacher | None = None
@@ -168,7 +165,7 @@ class Session:
         from trainer.controller import Controller, DatasetRollout
         from trainer.overlap import OverlapController
 
-        cfg, first = self.cfg, self.teacher.members[0]
+        cfg = self.cfg
         kind = OverlapController if cfg.trainer.overlap else Controller
         return kind(
             cfg.trainer,
@@ -179,10 +176,16 @@ class Session:
             self.student,
             schedule(cfg),
             cfg.rollout.sync_every,
-            follower=first.group if cfg.teacher.self_distill != "none" else None,
-            follow_ema=cfg.teacher.self_distill == "ema",
-            follow_every=cfg.teacher.self_every,
+            follower=self._follower(),
         )
+
+    def _follower(self) -> Any:
+        from trainer.controller import Follower
+
+        sd = self.cfg.self_distill
+        if sd.mode == "none":
+            return None
+        return Follower(self.teacher.members[0].group, sd.mode == "ema", sd.every)
 
     def _share_gpu(self) -> None:
         """The one teacher hands its hidden states over by CUDA IPC where each replica shares
@@ -321,8 +324,9 @@ class Session:
     def _restore(self, ckpt: Path) -> tuple[int, dict, list[dict]]:
         state = json.loads((ckpt / "controller.json").read_text())
         self.student.load(str(ckpt))
-        if self.controller.follower is not None:  # the teacher restarts from the student
-            self.student.push_teacher(self.controller.follower, self.controller.follow_ema)
+        follower = self.controller.follower
+        if follower is not None:  # the teacher restarts from the student
+            self.student.push_teacher(follower.group, follower.ema)
         self.student.push_weights(self.rollout)  # the engine must sample from these weights
         self.controller.load_state(state["controller"])
         return state["step"], state["results"], state["history"]

@@ -2,9 +2,10 @@
 TeacherGroup each (behind the cross-tokenizer translation where a teacher tokenizes its own
 way), and, each step, which rows each one scores and what its loss weighs (TeacherSet).
 
-One teacher (model.teacher) is the set of one member named "" that scores every row; several
-(`teachers:`) score the rows their data rows name (routing.mode=field) or all of them
-(mixture). ondistill/teachers.py checks the settings.
+One teacher (model.teacher and the teacher: section) and several (`teachers:`) are the same
+list here, made in one place (teacher_specs): the one teacher is its one entry, named
+"teacher", and scores every row; several score the rows their data rows name
+(routing.mode=field) or all of them (mixture). ondistill/teachers.py checks the settings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tensordict import TensorDict
 from ondistill import batch as B
 from ondistill.config import Config, ConfigError, Placement, TeacherConfig
 from ondistill.data import PromptSet, Routing
+from ondistill.teachers import teacher_list
 
 if TYPE_CHECKING:
     from ondistill.xtok.teacher import Scorer
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 class TeacherSpec:
     """One teacher, resolved: where its model is and how the student is compared with it."""
 
-    name: str  # "" for the one teacher of model.teacher
+    name: str  # teachers[i].name, or "teacher" for the one teacher of model.teacher
+    label: str  # how logs and errors call it: "teacher", or "teacher <name>" among several
     model: str  # as given (model.teacher or teachers[i].model)
     engine: TeacherConfig
     place: Placement
@@ -44,27 +47,26 @@ class TeacherSpec:
 
 
 def teacher_specs(cfg: Config) -> list[TeacherSpec]:
-    """The run's teachers, their models not yet resolved."""
-    if not cfg.teachers:
-        t, place, method = cfg.teacher, cfg.ray.teacher, cfg.loss.cross_tokenizer
-        return [TeacherSpec("", cfg.model.teacher, t, place, 1.0, method)]
+    """The run's teachers (ondistill/teachers.py teacher_list), their models not yet resolved."""
+    listed = teacher_list(cfg)
     return [
         TeacherSpec(
             t.name,
+            "teacher" if len(listed) == 1 else f"teacher {t.name}",
             t.model,
             t.engine,
             t.ray,
             t.weight,
             t.cross_tokenizer,
-            f"teachers[{i}].cross_tokenizer",
+            f"teachers[{i}].cross_tokenizer" if cfg.teachers else "loss.cross_tokenizer",
         )  # fmt: skip
-        for i, t in enumerate(cfg.teachers)
+        for i, t in enumerate(listed)
     ]
 
 
 def routing_of(cfg: Config) -> Routing | None:
     """How rows name their teacher, when they do (routing.mode=field with several teachers)."""
-    if not cfg.teachers or cfg.routing.mode != "field":
+    if len(cfg.teachers) < 2 or cfg.routing.mode != "field":
         return None
     return Routing(cfg.routing.key, tuple(t.name for t in cfg.teachers))
 
@@ -137,14 +139,14 @@ class TeacherSet:
 def start_teachers(
     cfg: Config, teachers: list[TeacherSpec], prompts: PromptSet, layout: Layout
 ) -> TeacherSet:
-    """One TeacherGroup per teacher (the one teacher takes the placement's slots)."""
+    """One TeacherGroup per teacher (a one-teacher run's takes the placement's slots)."""
     from ondistill.xtok.teacher import CrossTokenizerTeacher
     from ondistill.xtok.translate import Translator
     from workers.group import TeacherGroup
 
     members = []
     for t in teachers:
-        slots = layout.teacher if not t.name else None
+        slots = layout.teacher if len(teachers) == 1 else None
         group = TeacherGroup(t.engine.backend, str(t.model_dir), t.engine, t.place, slots)
         member = Member(t.name, group, group, t.weight)
         if t.tokenizer is not None:  # cross-tokenizer: the teacher reads text
@@ -154,10 +156,8 @@ def start_teachers(
     return TeacherSet(members, routing_of(cfg) is None, cfg.loss.reduction)
 
 
-def student_teachers(teachers: list[TeacherSpec]) -> str | dict[str, tuple[str, str]]:
-    """What the student needs of its teachers (StudentGroup's `teacher`)."""
-    if len(teachers) == 1 and not teachers[0].name:
-        return str(teachers[0].model_dir)
+def student_teachers(teachers: list[TeacherSpec]) -> dict[str, tuple[str, str]]:
+    """What the student needs of its teachers (StudentGroup's `teachers`)."""
     return {t.name: (str(t.model_dir), t.cross_tokenizer) for t in teachers}
 
 
@@ -200,11 +200,13 @@ def start_evaluators(
         # nothing, so it never waits for the resources the long-lived roles hold.
         one = dataclasses.replace(cfg.rollout, replicas=1)
         sampler = RolloutGroup("hf", str(t.model_dir), one, Placement(cpus=0))
-        on = HeadView(student, t.name) if t.name else student
+        on = HeadView(student, t.name)
         args = (view, cfg.trainer.prompts_per_step, rollout, member.scorer, on, sampler)
         if member.translator is None:
             evaluators[t.name] = Evaluator(*args)
         else:
             evaluators[t.name] = CrossTokenizerEvaluator(*args, member.translator)
         sampler.kill()
-    return evaluators[""] if "" in evaluators else PerTeacher(evaluators)
+    if len(teachers) == 1:  # its metrics keep their plain names (eval/kl, ...)
+        return evaluators[teachers[0].name]
+    return PerTeacher(evaluators)

@@ -245,18 +245,14 @@ class StudentGroup:
         cfg: StudentConfig,
         loss: LossConfig,
         student_dir: str,
-        teacher: str | dict[str, tuple[str, str]] | None,
+        teachers: dict[str, tuple[str, str]],
         total_steps: int,
         place: Placement | None = None,
         slots: list[Slot | None] | None = None,
     ):
-        """teacher: the one teacher's model directory (compared by loss.cross_tokenizer), or
-        several teachers' as name -> (directory, cross-tokenizer method); the ranks hold each
-        one's output head."""
+        """teachers: name -> (model directory, cross-tokenizer method), one entry or several
+        (trainer/teachers.py); the ranks hold each one's output head."""
         from workers.student.actor import StudentWorker
-
-        if not isinstance(teacher, dict):
-            teacher = {"": (teacher, loss.cross_tokenizer)} if teacher else {}
 
         self.world_size, self.student_dir = cfg.world_size, student_dir
         self.by_tokens = cfg.micro_batch_tokens > 0  # ranks get rows balanced by tokens
@@ -266,7 +262,7 @@ class StudentGroup:
         ]
         master = ray.get(self.actors[0].address.remote())
         counts = ray.get(
-            [a.setup.remote(master, student_dir, teacher, total_steps) for a in self.actors]
+            [a.setup.remote(master, student_dir, teachers, total_steps) for a in self.actors]
         )
         self.num_params = counts[0]
 
@@ -299,7 +295,7 @@ class StudentGroup:
         return student_step_metrics(ranks, tokens)
 
     def token_stats(
-        self, batch: TensorDict, divergences: tuple[str, ...] = (), teacher: str = ""
+        self, batch: TensorDict, divergences: tuple[str, ...] = (), teacher: str | None = None
     ) -> dict[str, torch.Tensor]:
         """Per-token stats over all response tokens of the batch, in row order, against the
         teacher called `teacher` (its scores in the batch)."""
@@ -311,7 +307,7 @@ class StudentGroup:
         )
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def xtok_stats(self, batch: TensorDict, teacher: str = "") -> dict[str, torch.Tensor]:
+    def xtok_stats(self, batch: TensorDict, teacher: str | None = None) -> dict[str, torch.Tensor]:
         """Per aligned chunk held-out metrics (ondistill.xtok.losses.aligned_stats), in row
         order, against the teacher called `teacher`."""
         parts = ray.get(

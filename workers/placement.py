@@ -20,6 +20,7 @@ from typing import Any
 import ray
 
 from ondistill.config import Config, ConfigError, Placement
+from ondistill.teachers import teacher_list
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,10 @@ def _add(bundle: dict[str, float], place: Placement) -> None:
 
 
 def plan(cfg: Config) -> tuple[list[dict[str, float]], list[list[str]]]:
-    """(bundle resources, actor names per bundle) of cfg.ray.placement; empty for none."""
-    mode, ranks = cfg.ray.placement, cfg.student.world_size
-    reps = {"rollout": cfg.rollout.replicas, "teacher": cfg.teacher.replicas}
+    """(bundle resources, actor names per bundle) of cfg.ray.placement, for the run's one
+    teacher (several are refused with a placement); empty for none."""
+    mode, ranks, teacher = cfg.ray.placement, cfg.student.world_size, teacher_list(cfg)[0]
+    reps = {"rollout": cfg.rollout.replicas, "teacher": teacher.engine.replicas}
     if mode == "none":
         return [], []
     colocated = ("rollout", "teacher") if mode == "colocated" else ("rollout",)
@@ -67,7 +69,7 @@ def plan(cfg: Config) -> tuple[list[dict[str, float]], list[list[str]]]:
                 f"{role}.replicas={reps[role]} > student.world_size={ranks}; lower it, or use "
                 "ray.placement=none."
             )
-    places = {"rollout": cfg.ray.rollout, "teacher": cfg.ray.teacher, "student": cfg.ray.student}
+    places = {"rollout": cfg.ray.rollout, "teacher": teacher.ray, "student": cfg.ray.student}
     names: list[list[str]] = [[f"student {i}"] for i in range(ranks)]
     for role in colocated:
         for i in range(reps[role]):
@@ -90,7 +92,7 @@ def reserve(cfg: Config, timeout: float = 120.0) -> Layout:
     bundles, names = plan(cfg)
     layout = Layout(
         rollout=[None] * cfg.rollout.replicas,
-        teacher=[None] * cfg.teacher.replicas,
+        teacher=[None] * teacher_list(cfg)[0].engine.replicas,
         student=[None] * cfg.student.world_size,
         bundles=names,
     )

@@ -76,6 +76,7 @@ class StudentWorker:
             dtype=torch.float32,
             attn_implementation=attention(self.cfg.packing, self.device),
         )
+        self.several = len(teachers) > 1  # metrics per teacher as well (loss/<name>, ...)
         kd = KDModel(
             lm.to(self.device),
             {name: self._teacher_head(student_dir, *t) for name, t in teachers.items()},
@@ -163,7 +164,7 @@ class StudentWorker:
             shares = {"loss": loss.item() / self.world_size, "kl": div / self.world_size}
             for key, share in shares.items():
                 totals[key] += share
-                if part.teacher:  # several teachers: each one's own mean, before its scale
+                if self.several:  # each teacher's own mean, before its scale
                     name = f"{key}/{part.teacher}"
                     totals[name] = totals.get(name, 0.0) + share / part.scale
         grad_norm = self._clip()
@@ -172,7 +173,7 @@ class StudentWorker:
         out["skipped"] = float(not applied)
         out["weights_finite"] = float(self._weights_finite())
         for part, td in scored:
-            out.update(signal_metrics(part, td))
+            out.update(signal_metrics(part, td, self.several))
         if self.device.type == "cuda":
             # allocator retries = the card ran full and blocks were freed mid-step (slow)
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
@@ -251,7 +252,7 @@ class StudentWorker:
         return {k: td[k].to(self.device) for k in B.teacher_keys(signal)}
 
     @torch.no_grad()
-    def xtok_stats(self, td: TensorDict, teacher: str = "") -> dict[str, torch.Tensor]:
+    def xtok_stats(self, td: TensorDict, teacher: str | None = None) -> dict[str, torch.Tensor]:
         """Per aligned chunk metrics of this rank's rows (cross-tokenizer batches) against the
         teacher called `teacher`."""
         self.model.eval()
@@ -301,7 +302,7 @@ class StudentWorker:
 
     @torch.no_grad()
     def token_stats(
-        self, td: TensorDict, divergences: tuple[str, ...] = (), teacher: str = ""
+        self, td: TensorDict, divergences: tuple[str, ...] = (), teacher: str | None = None
     ) -> dict[str, torch.Tensor]:
         """Per-response-token stats of this rank's rows (flattened over response_mask) against
         the teacher called `teacher`."""

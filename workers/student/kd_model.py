@@ -50,7 +50,7 @@ class KDModel(nn.Module):
         packing: bool = False,
         pad_to: int = 0,
     ):
-        """teachers: by name ("" for the one teacher of a single-teacher run). packing:
+        """teachers: by name (a one-teacher run's is named "teacher"). packing:
         training forwards run on packed rows (ondistill/packing.py), filled up to pad_to
         tokens (static shapes for the compiled blocks)."""
         super().__init__()
@@ -66,7 +66,10 @@ class KDModel(nn.Module):
             return forward_packed(decoder, ids, mask, span, self.pad_to)
         return forward_columns(decoder, ids, mask, pos, span)
 
-    def _teacher(self, name: str) -> TeacherHead:
+    def _teacher(self, name: str | None) -> TeacherHead:
+        """The head of the teacher called `name`; None: the run's one teacher."""
+        if name is None and len(self.teachers) == 1:
+            return next(iter(self.teachers.values()))
         if name not in self.teachers:
             raise RuntimeError(
                 f"this student holds no output head of teacher {name!r} (it has "
@@ -87,7 +90,7 @@ class KDModel(nn.Module):
         spec: ObjectiveSpec,
         discount: float = 0.0,
         logprobs: bool = False,
-        name: str = "",
+        name: str | None = None,
     ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
         """(weighted sum of the per-token objective, weighted sum of the divergence, and with
         `logprobs` the student's log-prob of each response token [n] where weights != 0) over
@@ -154,7 +157,7 @@ class KDModel(nn.Module):
         keep: torch.Tensor,
         teacher_hidden: torch.Tensor | None,
         divergences: tuple[str, ...],
-        name: str = "",
+        name: str | None = None,
     ):
         """Per-token stats (see chunked_token_stats) for the response tokens where keep [b, R],
         against the teacher called `name`."""
@@ -179,7 +182,7 @@ class KDModel(nn.Module):
         start: int,
         targets: torch.Tensor,
         teacher: dict[str, torch.Tensor],
-        name: str = "",
+        name: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per aligned chunk metrics (see ondistill.xtok.losses.aligned_stats) against the
         teacher called `name`."""

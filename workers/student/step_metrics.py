@@ -44,7 +44,7 @@ def student_step_metrics(ranks: list[dict[str, float]], tokens: int) -> dict[str
 PER_TEACHER = ("loss", "kl", "aligned_fraction", "teacher_topk_mass")
 
 
-def signal_metrics(part: B.TeacherPart, td: TensorDict) -> dict[str, float]:
+def signal_metrics(part: B.TeacherPart, td: TensorDict, several: bool) -> dict[str, float]:
     """What a part's signal says beyond the loss: the student tokens that start an aligned
     chunk (another tokenizer), the top-k mass (a top-k teacher). The one teacher's as totals
     (student_step_metrics makes them shares), a named teacher's as this rank's share of its own."""
@@ -58,7 +58,7 @@ def signal_metrics(part: B.TeacherPart, td: TensorDict) -> dict[str, float]:
         key, value = "topk_mass", float(mass.sum())
     else:
         return {}
-    if not part.teacher:
+    if not several:
         return {key: value}
     share = {"aligned_tokens": "aligned_fraction", "topk_mass": "teacher_topk_mass"}[key]
     return {f"{share}/{part.teacher}": value / max(1, part.tokens)}

@@ -59,7 +59,7 @@ def full_params(worker: Rank, ema: bool = False, on_gpu: bool = False) -> dict[s
     if not ema:
         source = dict(worker.model.lm.named_parameters())
     elif worker.ema is None:
-        raise RuntimeError("no EMA is tracked (teacher.self_distill=ema starts it)")
+        raise RuntimeError("no EMA is tracked (self_distill.mode=ema starts it)")
     else:
         source = worker.ema
     out = {}
