@@ -171,3 +171,27 @@ def test_collapsed_student_is_called_out(ray_local, tiny_dirs, prompts_file, tmp
     after, teacher = results["after"], results["teacher"]
     assert after["eval/greedy_distinct_2"] < 0.6 * teacher["eval/greedy_distinct_2"], after
     assert "WARNING: the student looks collapsed" in capsys.readouterr().out
+
+
+def test_one_teacher_spelled_either_way_trains_alike(ray_local, tiny_dirs, prompts_file, tmp_path):
+    """model.teacher + teacher: and a one-entry teachers: list are the same run: one list of
+    one teacher from the config on (ondistill/teachers.py teacher_list)."""
+    from ondistill.config import NamedTeacher, TeacherConfig
+    from ondistill.config_checks import validate
+
+    losses = {}
+    for spelling in ("model.teacher", "teachers"):
+        cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, steps=3, on_policy_fraction=0.5)
+        cfg.data.eval_size, cfg.log.plot, cfg.trainer.save_student = 0, False, False
+        cfg.trainer.checkpoint_every = -1
+        if spelling == "teachers":
+            cfg.teachers = [NamedTeacher("t", cfg.model.teacher, engine=cfg.teacher)]
+            cfg.model.teacher, cfg.teacher = NamedTeacher().model, TeacherConfig()
+        validate(cfg)
+        out = tmp_path / spelling
+        run(cfg, out)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[spelling] = [(r["loss"], r["kl"]) for r in rows if "loss" in r]
+        assert not any("/" in k for r in rows for k in r if k.startswith(("loss", "kl")))
+    assert len(losses["teachers"]) == 3
+    assert losses["teachers"] == losses["model.teacher"]

@@ -255,28 +255,3 @@ def test_routed_loss_adds_each_teachers_loss_on_its_own_rows(setup, students):
         assert routed[f"kl/{name}"] == pytest.approx(alone["kl"], rel=1e-4)
         total += alone["loss"] * int(rows[B.RESPONSE_MASK].sum()) / tokens
     assert routed["loss"] == pytest.approx(total, rel=1e-4)  # the step's token mean
-
-
-def test_one_teacher_spelled_either_way_trains_alike(ray_local, tiny_dirs, prompts_file, tmp_path):
-    """model.teacher + teacher: and a one-entry teachers: list are the same run: one list of
-    one teacher from the config on (ondistill/teachers.py teacher_list)."""
-    from ondistill.config import TeacherConfig
-    from tests.test_run import tiny_config
-    from trainer.run import run
-
-    losses = {}
-    for spelling in ("model.teacher", "teachers"):
-        cfg = tiny_config(tiny_dirs, prompts_file, tmp_path, steps=3, on_policy_fraction=0.5)
-        cfg.data.eval_size, cfg.log.plot, cfg.trainer.save_student = 0, False, False
-        cfg.trainer.checkpoint_every = -1
-        if spelling == "teachers":
-            cfg.teachers = [NamedTeacher("t", cfg.model.teacher, engine=cfg.teacher)]
-            cfg.model.teacher, cfg.teacher = NamedTeacher().model, TeacherConfig()
-        validate(cfg)
-        out = tmp_path / spelling
-        run(cfg, out)
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[spelling] = [(r["loss"], r["kl"]) for r in rows if "loss" in r]
-        assert not any("/" in k for r in rows for k in r if k.startswith(("loss", "kl")))
-    assert len(losses["teachers"]) == 3
-    assert losses["teachers"] == losses["model.teacher"]
